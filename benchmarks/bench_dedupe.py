@@ -4,7 +4,8 @@
 
 Prints, each measured in this run on one core (the process is pinned to one CPU; rensa gets
 RAYON_NUM_THREADS=1):
-  - MinHash signatures/s (--key pair text, word 5-grams, 128 permutations). synpref starts from raw
+  - MinHash signatures/s (--key pair text, word 5-grams, 128 permutations; and --sketch oph, 128
+    bins, whose kind of sketch rensa's RMinHash also is: a bucket sketch). synpref starts from raw
     text (tokenizing and hashing included). datasketch (MinHash.update_batch, the same permutations:
     its affine32 scheme, seed 1) and rensa (RMinHash.digest_matrix_from_token_sets) get the same
     shingles already built; rensa once more with its Python shingling counted; finally synpref and
@@ -64,9 +65,11 @@ def best_of(runs: int, function) -> float:
 
 
 def bench_signatures(texts: list[str], peer_sample: int) -> None:
-    params = MinHashParams()
+    params, oph = MinHashParams(), MinHashParams(sketch="oph")
     signatures(texts[:10], params)  # compile / load the cache
+    signatures(texts[:10], oph)
     ours = len(texts) / best_of(3, lambda: signatures(texts, params))
+    ours_oph = len(texts) / best_of(3, lambda: signatures(texts, oph))
     shingles = [kernels.ref_shingles(text.encode(), 5) for text in texts]
     sample = shingles[:peer_sample]
 
@@ -99,6 +102,10 @@ def bench_signatures(texts: list[str], peer_sample: int) -> None:
         f"  from text:  synpref {ours:,.0f}  rensa (shingles given as str) {given:,.0f}  ratio {ours / given:.2f}x"
     )
     print(
+        f"  from text:  synpref --sketch oph {ours_oph:,.0f}  rensa (shingles given as str) {given:,.0f}  "
+        f"ratio {ours_oph / given:.2f}x"
+    )
+    print(
         f"  from text:  synpref {ours:,.0f}  rensa (incl. Python shingling) {from_text:,.0f}  "
         f"ratio {ours / from_text:.2f}x"
     )
@@ -111,8 +118,15 @@ def bench_signatures(texts: list[str], peer_sample: int) -> None:
     rensa_core = len(texts) / best_of(
         3, lambda: rensa.RMinHash.digest_matrix_from_flat_token_hashes(flat, rows, 128, 1)
     )
+    salt = np.uint64(kernels.salt(1))
+    kernels.one_permutation_from_hashes(flat[: rows[10]], rows[:11], salt, out)
+    core_oph = len(texts) / best_of(3, lambda: kernels.one_permutation_from_hashes(flat, rows, salt, out))
     print(
         f"  same uint64 shingle hashes: synpref {core:,.0f}  rensa {rensa_core:,.0f}  ratio {core / rensa_core:.2f}x"
+    )
+    print(
+        f"  same uint64 shingle hashes: synpref --sketch oph {core_oph:,.0f}  rensa {rensa_core:,.0f}  "
+        f"ratio {core_oph / rensa_core:.2f}x"
     )
 
 

@@ -72,6 +72,22 @@ def test_word_hashes_at_block_edges_and_long_words():
         assert np.array_equal(sigs[row], kernels.ref_minhash(text.encode(), 1, a, b)), text[:40]
 
 
+def test_one_permutation_kernel_matches_reference(examples):
+    """Long and short real texts (a few shingles: most bins densified), no words, bins not a power
+    of two, two seeds."""
+    records = load([examples / "llmbar.jsonl.zst"])[:60]
+    texts = [shingle_text(record, "pair") for record in records]
+    texts += [text[:n] for text in texts[:5] for n in (1, 20, 60, 200)] + ["", "... !!!"]
+    for bins, seed in ((128, 1), (100, 7)):
+        sigs, counts = signatures(texts, MinHashParams(num_perm=bins, sketch="oph", seed=seed))
+        for row, text in enumerate(texts):
+            expected = kernels.ref_one_permutation(text.encode(), 5, bins, seed)
+            assert np.array_equal(sigs[row], expected), (bins, seed, text[:40])
+            assert counts[row] == len(kernels.ref_shingles(text.encode(), 5))
+    short = signatures(["one two three four five six"], MinHashParams(sketch="oph"))[0][0]
+    assert len(set(short.tolist())) == 2  # two shingles fill the densified bins between them
+
+
 def test_word_and_gram_hashes_on_every_byte_value():
     """The vector word-byte mask classifies all 256 byte values like the reference regex (upper case,
     NUL, punctuation and every byte >= 0x80 included), and the gram passes match the polynomial for
@@ -220,6 +236,36 @@ def test_near_duplicate_pairs_agree_with_datasketch(examples, key):
     root = components(sigs[rows], params)
     index = {int(row): n for n, row in enumerate(rows)}
     assert all(root[index[i]] == root[index[j]] for i, j in ours)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", ["prompt", "pair"])
+def test_one_permutation_sketch_is_as_accurate_as_minhash(examples, key):
+    """--sketch oph against the truth: of the pairs either sketch reports, those whose true Jaccard
+    is >= the threshold. Its recall and precision must be those of MinHash (within 0.05)."""
+    records = [r for r in load([examples / name for name in PAIR_FILES]) if not pair_problems(r)]
+    texts = [shingle_text(record, key) for record in records]
+    shingle_sets = [set(kernels.ref_shingles(text.encode(), 5)) for text in texts]
+    found = {}
+    for sketch in ("minhash", "oph"):
+        params = MinHashParams(sketch=sketch).resolved()
+        sigs, counts = signatures(texts, params)
+        rows = np.flatnonzero(counts > 0)
+        found[sketch] = {(int(rows[i]), int(rows[j])) for i, j in candidate_pairs(sigs[rows], params)}
+
+    def jaccard(pair: tuple[int, int]) -> float:
+        a, b = shingle_sets[pair[0]], shingle_sets[pair[1]]
+        return len(a & b) / len(a | b)
+
+    truth = {pair for pair in found["minhash"] | found["oph"] if jaccard(pair) >= 0.8}
+    scores = {
+        sketch: (len(pairs & truth) / len(truth), len(pairs & truth) / len(pairs)) for sketch, pairs in found.items()
+    }
+    print(f"key={key} true pairs {len(truth)}: " + ", ".join(f"{k} recall/precision {v}" for k, v in scores.items()))
+    assert len(truth) > 300
+    assert scores["oph"][0] >= scores["minhash"][0] - 0.05
+    assert scores["oph"][1] >= scores["minhash"][1] - 0.05
+    assert min(map(jaccard, found["oph"])) >= 0.65
 
 
 def test_near_duplicate_clusters_name_their_representative(runner, examples, tmp_path):

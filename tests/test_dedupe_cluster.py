@@ -74,8 +74,11 @@ def one_process(runner, inputs: list[str], out: Path, flags: list[str]) -> dict[
     return outcome([out / "kept.zst", out / "removed.zst"])
 
 
-def test_sharded_cluster_mode_equals_one_process(runner, examples, inputs, tmp_path):
+@pytest.mark.parametrize("sketch", ["minhash", "oph"])
+def test_sharded_cluster_mode_equals_one_process(runner, examples, inputs, tmp_path, sketch):
     flags = [
+        "--sketch",
+        sketch,
         "--key",
         "prompt",
         "--keep",

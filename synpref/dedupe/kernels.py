@@ -5,10 +5,15 @@ kernels work on one flat uint8 buffer of UTF-8 bytes plus int64 offsets, so a wh
 costs one call from Python. Words are maximal runs of bytes in [a-z0-9] or >= 0x80 (any non-ASCII
 character) of already lower-cased text; punctuation and whitespace separate them.
 
-The MinHash permutations are datasketch's default "affine32" scheme (datasketch >= 2.0): the 32-bit
-shingle hash is pre-mixed with the MurmurHash3 finalizer, then h -> a*h + b mod 2^32 with odd `a`,
-drawn from numpy RandomState(seed) exactly as datasketch draws them, so with the same shingle hash
-the signatures equal datasketch's bit for bit.
+Two sketches share the shingle hashes. MinHash (the default) uses datasketch's "affine32"
+permutations (datasketch >= 2.0): the 32-bit shingle hash is pre-mixed with the MurmurHash3
+finalizer, then h -> a*h + b mod 2^32 with odd `a`, drawn from numpy RandomState(seed) exactly as
+datasketch draws them, so with the same shingle hash the signatures equal datasketch's bit for bit;
+it costs one multiply-add-min per shingle and permutation. One-permutation hashing (Li, Owen and
+Zhang 2012) with optimal densification (Shrivastava 2017) costs one hash per shingle: the hash
+picks a bin and the bin keeps its smallest value; an empty bin copies the value of the first filled
+bin on its own fixed pseudo-random probe sequence, the same for every record, so equal bins still
+estimate Jaccard similarity.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ FNV_OFFSET = 0xCBF29CE484222325
 FNV_PRIME = 0x100000001B3
 SHINGLE_BASE = 0x9E3779B97F4A7C15  # odd multiplier of the polynomial that combines word hashes
 EMPTY = np.uint32(MASK32)  # signature value of a record without shingles
+COPIED = np.uint32(1 << 31)  # one-permutation values are 31-bit; this bit marks a bin being densified
 SEGMENT_BREAK = 0  # byte that separates segments (user turns) in decontamination buffers
 WORD = re.compile(rb"[a-z0-9\x80-\xff]+")
 
@@ -95,6 +101,36 @@ def ref_minhash(text: bytes, ngram: int, a: np.ndarray, b: np.ndarray) -> np.nda
         mixed = ref_fmix32(ref_shingle_hash32(shingle))
         signature = np.minimum(signature, (a.astype(np.uint64) * mixed + b.astype(np.uint64)) & MASK32)
     return signature.astype(np.uint32)
+
+
+def salt(seed: int) -> int:
+    """The 64-bit value a one-permutation sketch mixes into every shingle hash, from --seed."""
+    return seed * SHINGLE_BASE & MASK64
+
+
+def ref_bin(value: int, bins: int) -> int:
+    """Bin of a mixed 64-bit hash: its high 32 bits scaled to [0, bins) (multiply-shift, no modulo)."""
+    return ((value >> 32) * bins) >> 32
+
+
+def ref_one_permutation(text: bytes, ngram: int, bins: int, seed: int) -> np.ndarray:
+    """One-permutation hashing with optimal densification (see the module docstring)."""
+    mixed_salt = salt(seed)
+    minima: list[int | None] = [None] * bins
+    for shingle in set(ref_shingles(text, ngram)):
+        mixed = ref_fmix64(ref_gram_hash(shingle.split(b" ")) ^ mixed_salt)
+        index, value = ref_bin(mixed, bins), (mixed & MASK32) >> 1
+        minima[index] = value if minima[index] is None else min(minima[index], value)
+    signature = np.full(bins, MASK32, dtype=np.uint32)
+    if all(value is None for value in minima):
+        return signature
+    for index in range(bins):
+        attempt, source = 0, index
+        while minima[source] is None:
+            attempt += 1
+            source = ref_bin(ref_fmix64((index << 32) ^ attempt ^ mixed_salt), bins)
+        signature[index] = minima[source]
+    return signature
 
 
 def ref_murmur3_128(data: bytes, seed: int = 0) -> tuple[int, int]:
@@ -334,12 +370,52 @@ def _minhash_row(grams: np.ndarray, count: int, a: np.ndarray, b: np.ndarray, mi
         g += 1
 
 
+@njit(cache=True, inline="always")
+def _bin(value: np.uint64, bins: int) -> int:
+    return np.int64(((value >> np.uint64(32)) * np.uint64(bins)) >> np.uint64(32))
+
+
+@njit(cache=True, boundscheck=False)
+def _one_permutation_row(grams: np.ndarray, count: int, mixed_salt: np.uint64, minima: np.ndarray, scratch):
+    """One pass mixes every shingle hash (independent multiplies, vectorized), a second keeps each
+    bin's minimum with a branch-free min (a compare-and-branch mispredicts while minima still fall).
+    About 2.4x the MinHash kernel at 128 bins on real rows (measured)."""
+    bins = minima.shape[0]
+    minima[:] = EMPTY
+    if count == 0:
+        return
+    for g in range(count):
+        scratch[g] = fmix64(grams[g] ^ mixed_salt)
+    for g in range(count):
+        mixed = scratch[g]
+        index = _bin(mixed, bins)
+        minima[index] = min(minima[index], np.uint32(mixed & np.uint64(MASK32)) >> np.uint32(1))
+    for index in range(bins):  # densify: copy from originally filled bins only (COPIED bit clear)
+        attempt = np.uint64(0)
+        source = index
+        while minima[source] & COPIED:
+            attempt += np.uint64(1)
+            source = _bin(fmix64((np.uint64(index) << np.uint64(32)) ^ attempt ^ mixed_salt), bins)
+        if source != index:
+            minima[index] = minima[source] | COPIED
+    for index in range(bins):
+        minima[index] &= ~COPIED
+
+
 @njit(cache=True)
-def minhash_batch(
-    buffer: np.ndarray, offsets: np.ndarray, ngram: int, a: np.ndarray, b: np.ndarray, signatures: np.ndarray
+def sketch_batch(
+    buffer: np.ndarray,
+    offsets: np.ndarray,
+    ngram: int,
+    one_permutation: bool,
+    a: np.ndarray,
+    b: np.ndarray,
+    mixed_salt: np.uint64,
+    signatures: np.ndarray,
 ) -> np.ndarray:
-    """MinHash signatures of texts buffer[offsets[i]:offsets[i+1]] into signatures[i]; returns the
-    shingle counts (0: the text has no words and its signature stays all EMPTY)."""
+    """Signatures of texts buffer[offsets[i]:offsets[i+1]] into signatures[i]: MinHash with
+    permutations (a, b), or one-permutation hashing with `mixed_salt`. Returns the shingle counts
+    (0: the text has no words and its signature stays all EMPTY)."""
     records = offsets.shape[0] - 1
     longest = 0
     for i in range(records):
@@ -350,14 +426,17 @@ def minhash_batch(
     for i in range(records):
         count = gram_hashes(words, word_hashes(buffer, offsets[i], offsets[i + 1], words), ngram, grams)
         counts[i] = count
-        _minhash_row(grams, count, a, b, signatures[i])
+        if one_permutation:
+            _one_permutation_row(grams, count, mixed_salt, signatures[i], words)
+        else:
+            _minhash_row(grams, count, a, b, signatures[i])
     return counts
 
 
 @njit(cache=True)
 def shingle_hash_batch(buffer: np.ndarray, offsets: np.ndarray, ngram: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every text's 64-bit shingle hashes in one flat array with row offsets (what minhash_batch
-    feeds its permutations; for benchmarks that hand the same shingles to a peer)."""
+    """Every text's 64-bit shingle hashes in one flat array with row offsets (what sketch_batch
+    feeds its sketches; for benchmarks that hand the same shingles to a peer)."""
     records = offsets.shape[0] - 1
     flat = np.empty(offsets[records] - offsets[0] + records, dtype=np.uint64)
     rows = np.zeros(records + 1, dtype=np.int64)
@@ -374,6 +453,15 @@ def minhash_from_hashes(
 ) -> None:
     for i in range(rows.shape[0] - 1):
         _minhash_row(flat[rows[i] : rows[i + 1]], rows[i + 1] - rows[i], a, b, signatures[i])
+
+
+@njit(cache=True)
+def one_permutation_from_hashes(
+    flat: np.ndarray, rows: np.ndarray, mixed_salt: np.uint64, signatures: np.ndarray
+) -> None:
+    scratch = np.empty(max(1, np.max(np.diff(rows))), dtype=np.uint64)
+    for i in range(rows.shape[0] - 1):
+        _one_permutation_row(flat[rows[i] : rows[i + 1]], rows[i + 1] - rows[i], mixed_salt, signatures[i], scratch)
 
 
 @njit(cache=True)
