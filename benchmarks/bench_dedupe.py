@@ -162,30 +162,34 @@ def synpref_command() -> list[str]:
 
 def bench_end_to_end(paths: list[Path], questions: Path, records: int) -> None:
     with tempfile.TemporaryDirectory() as work:
-        command = [
-            *synpref_command(),
-            *map(str, paths),
-            "--decontaminate",
-            str(questions),
-            "-o",
-            f"{work}/kept.zst",
-            "--removed",
-            f"{work}/removed.zst",
-            "--threads",
-            "0",
-        ]
         subprocess.run(
             [*synpref_command(), str(paths[-1]), "-o", f"{work}/warm.zst", "--removed", f"{work}/w.zst"],
             check=True,
             capture_output=True,
         )
-        start = time.perf_counter()
-        done = subprocess.run(command, check=True, capture_output=True, text=True)
-        elapsed = time.perf_counter() - start
-    print(
-        f"end-to-end  synpref dedupe: {records:,} pairs in {elapsed:.1f} s ({records / elapsed:,.0f} pairs/s)"
-    )
-    print("   " + done.stderr.strip().splitlines()[-1])
+        for sketch in ("minhash", "oph"):
+            command = [
+                *synpref_command(),
+                *map(str, paths),
+                "--sketch",
+                sketch,
+                "--decontaminate",
+                str(questions),
+                "-o",
+                f"{work}/kept.zst",
+                "--removed",
+                f"{work}/removed.zst",
+                "--threads",
+                "0",
+            ]
+            start = time.perf_counter()
+            done = subprocess.run(command, check=True, capture_output=True, text=True)
+            elapsed = time.perf_counter() - start
+            print(
+                f"end-to-end  synpref dedupe --sketch {sketch}: {records:,} pairs in {elapsed:.1f} s "
+                f"({records / elapsed:,.0f} pairs/s)"
+            )
+            print("   " + done.stderr.strip().splitlines()[-1])
 
 
 PEAK_RSS = """
