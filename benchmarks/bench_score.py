@@ -1,9 +1,10 @@
 """Scoring throughput: synpref's torch engine vs a naive per-pair loop vs vLLM CPU, in one run.
 
 The naive peer is what most scripts do: for each pair, one transformers forward for chosen and one
-for rejected. synpref computes the shared conversation once per pair (prefix KV reuse) and batches
-by length; `--quantize bf16` adds bf16 matmuls with fp32 re-checks of close calls. vLLM CPU runs in
-its own venv (see scripts/vllm_score.py) when --vllm-python points at it.
+for rejected. synpref on CPU computes the shared conversation once per pair and packs ~1024 tokens of
+pairs into one unpadded row (attention per pair); `--quantize bf16` adds bf16 matmuls with fp32
+re-checks of close calls. vLLM CPU runs in its own venv (see scripts/vllm_score.py) when
+--vllm-python points at it. Agreement is of p > 0.5 decisions with the naive fp32 loop.
 
     python benchmarks/bench_score.py --pairs 2000 --vllm-python /work/vllm-venv/bin/python
 """
@@ -55,13 +56,19 @@ def main() -> None:
     parser.add_argument(
         "--skip-batched", action="store_true", help="leave out the padded-batch peer (slow on CPU)"
     )
+    parser.add_argument(
+        "--margins", default="", help="more bf16 peers with these --recheck-margin values, e.g. 0,0.02"
+    )
+    parser.add_argument(
+        "--one-pair-rows", action="store_true", help="add the fp32 peer with one pair per row (--batch-tokens 1)"
+    )
     args = parser.parse_args()
 
     import torch
 
     from synpref.io import iter_raw
     from synpref.records import normalize
-    from synpref.score import DEFAULT_RECHECK_MARGIN, RewardScorer
+    from synpref.score import DEFAULT_BATCH_TOKENS, DEFAULT_RECHECK_MARGIN, RewardScorer
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
@@ -92,22 +99,24 @@ def main() -> None:
 
         return run
 
-    peers: dict = {
-        "naive per-pair loop (transformers)": naive,
-        "synpref torch, padded batches (8192)": configured(
-            batch_tokens=8192, prefix_reuse="auto", low_precision=False
-        ),
-        "synpref torch (CPU default: packed)": configured(
-            batch_tokens=1, prefix_reuse="auto", low_precision=False
-        ),
-        f"synpref torch --quantize bf16 (margin {DEFAULT_RECHECK_MARGIN})": configured(
-            batch_tokens=1, prefix_reuse="auto", low_precision=True, recheck_margin=DEFAULT_RECHECK_MARGIN
-        ),
-        "  same, --recheck-margin 0.02": configured(batch_tokens=1, low_precision=True, recheck_margin=0.02),
-        "  same, --recheck-margin 0": configured(batch_tokens=1, low_precision=True, recheck_margin=0.0),
-    }
-    if args.skip_batched:
-        del peers["synpref torch, padded batches (8192)"]
+    cpu_tokens = DEFAULT_BATCH_TOKENS["cpu"]
+    peers: dict = {"naive per-pair loop (transformers)": naive}
+    if not args.skip_batched:
+        peers["synpref torch, padded batches (8192)"] = configured(
+            packed=False, batch_tokens=8192, prefix_reuse="auto", low_precision=False
+        )
+    if args.one_pair_rows:
+        peers["synpref torch fp32, one pair per row"] = configured(
+            packed=True, batch_tokens=1, prefix_reuse="auto", low_precision=False
+        )
+    peers[f"synpref torch fp32 (CPU default: {cpu_tokens}-token rows)"] = configured(
+        packed=True, batch_tokens=cpu_tokens, prefix_reuse="auto", low_precision=False
+    )
+    for margin in [DEFAULT_RECHECK_MARGIN] + [float(m) for m in args.margins.split(",") if m]:
+        label = "synpref torch --quantize bf16" if margin == DEFAULT_RECHECK_MARGIN else "  same"
+        peers[f"{label}, --recheck-margin {margin}"] = configured(
+            packed=True, batch_tokens=cpu_tokens, low_precision=True, recheck_margin=margin
+        )
     # Peers take turns on chunks so that load from other processes hits them alike.
     seconds = dict.fromkeys(peers, 0.0)
     rewards: dict[str, list[float]] = {label: [] for label in peers}
@@ -133,10 +142,10 @@ def main() -> None:
             result = json.loads(Path(answer).read_text())
         rows.append(("vLLM CPU (classify, fp32)", result["seconds"], _parity(result["rewards"], reference)))
 
-    print(f"{'peer':44} {'pairs/s':>8} {'tokens/s':>9} {'vs naive':>9}  parity")
+    print(f"{'peer':50} {'pairs/s':>8} {'tokens/s':>9} {'vs naive':>9}  parity")
     for label, seconds, note in rows:
         print(
-            f"{label:44} {len(groups) / seconds:8.2f} {tokens / seconds:9.0f} {naive_seconds / seconds:8.2f}x  {note}"
+            f"{label:50} {len(groups) / seconds:8.2f} {tokens / seconds:9.0f} {naive_seconds / seconds:8.2f}x  {note}"
         )
 
 

@@ -16,7 +16,8 @@ Library API (for `eval`, `filter-consistent` and notebooks)::
 
     scorer = RewardScorer("rm/", engine="torch", batch_tokens=None, max_length=None,
                           quantize=None, device=None, prefix_reuse="auto")
-    # batch_tokens=None: 8192 on CUDA, 1 (one pair per batch, packed without padding) on CPU
+    # batch_tokens=None: 8192 padded tokens per batch on CUDA; on CPU pairs packed without padding
+    # into rows of 1024 tokens (one pair per row with batch_tokens=1)
     # quantize="bf16": CPU bf16 matmuls, close calls re-scored in fp32 (see TorchEngine.score)
     scorer.rewards([(conversation, reply), ...])              -> list[float]   # any replies
     scorer.group_rewards([(conversation, [r1, r2, r3, r4]), ...]) -> list[list[float]]  # best-of-N
@@ -39,12 +40,16 @@ from typing import Any
 from synpref.models.formatting import EncodedGroup, Message, PairFormatter
 from synpref.records import Record, is_pair
 
-DEFAULT_BATCH_TOKENS = {"cuda": 8192, "cpu": 1}  # on CPU one pair per batch (packed, unpadded) is fastest
+# On CPU, rows of 1024 packed tokens (~4 hh pairs) beat one pair per row by 17% in fp32 and 8% in
+# bf16 (every forward streams all weights from memory) and 512 or 2048 (100 hh pairs, SmolLM2-135M).
+DEFAULT_BATCH_TOKENS = {"cuda": 8192, "cpu": 1024}
 DEFAULT_WINDOW = 256  # groups sorted together; also the resume granularity of `synpref score -o`
 PREFIX_GAIN = 0.9  # use the shared-prefix path when it costs under 90% of the full-sequence path
-DEFAULT_RECHECK_MARGIN = 0.01  # --quantize bf16: closer rewards are scored again in fp32. bf16 moves
-# a SmolLM2-135M RM's gap by 0.01 median (0.023 q90) on rewards of std 0.34; on 240 hh pairs margin
-# 0.01 re-scores ~6% and kept 99.6% of fp32 decisions (0.02: same agreement, slower; 0: 98.75%)
+DEFAULT_RECHECK_MARGIN = 0.015  # --quantize bf16: closer rewards are scored again in fp32. On 307
+# hh pairs (2000-2306, apart from the benchmark's) bf16 moves a SmolLM2-135M RM's chosen-rejected gap
+# by 0.010 median, 0.023 q90, 0.046 max (fp32 |gap| median 0.15); every gap with every measured
+# error predicts: margin 0 keeps 98.1% of fp32 decisions, 0.01 99.3% (3.5% re-scored), 0.015 99.6%
+# (5.2%), 0.02 99.8% (6.9%)
 
 Group = tuple[Sequence[Message], Sequence[str]]
 Progress = Callable[[int, int], None]  # (groups done, tokens done)
@@ -78,23 +83,64 @@ def _pad(rows: Sequence[Sequence[int]], pad_id: int, torch: Any) -> tuple[Any, A
     return ids, mask
 
 
-def _add_bf16_weights(model: Any, torch: Any) -> list[Any]:
-    """Give every Linear layer a bf16 copy of its weights and a switch to use it (fp32 stays too,
-    for re-checks). CPUs with AVX512-BF16/AMX multiply bf16 about twice as fast as fp32."""
+def _add_bf16_weights(backbone: Any, torch: Any) -> list[Any]:
+    """Give the backbone bf16 copies of its matmul weights and a switch to use them (fp32 stays, for
+    re-checks); CPUs with AVX512-BF16/AMX multiply bf16 about twice as fast as fp32. A gated MLP
+    (down(act(gate(x)) * up(x)): Llama, Qwen, Mistral, ...) runs wholly in bf16 on one fused
+    gate+up matmul, cast once on the way in and out (its wide activations cost memory bandwidth);
+    every other Linear casts its input to bf16 and its output back. Norms, attention, the residual
+    stream and the reward head stay fp32 (a bf16 head would round the reward itself)."""
     import types
 
-    def forward(self: Any, inputs: Any) -> Any:
-        if not self.synpref_bf16:
-            return torch.nn.functional.linear(inputs, self.weight, self.bias)
-        bias = None if self.bias is None else self.bias.to(torch.bfloat16)
-        return torch.nn.functional.linear(inputs.to(torch.bfloat16), self.weight_bf16, bias).to(inputs.dtype)
+    bf16, linear = torch.bfloat16, torch.nn.functional.linear
 
-    linears = [module for module in model.modules() if isinstance(module, torch.nn.Linear)]
-    for module in linears:
-        module.weight_bf16 = module.weight.detach().to(torch.bfloat16)
+    def copy(tensor: Any) -> Any:
+        return None if tensor is None else tensor.detach().to(bf16)
+
+    def linear_forward(self: Any, inputs: Any) -> Any:
+        if not self.synpref_bf16:
+            return linear(inputs, self.weight, self.bias)
+        return linear(inputs.to(bf16), self.weight_bf16, self.bias_bf16).to(inputs.dtype)
+
+    def gated(self: Any, inputs: Any, gate_up: Any, gate_up_bias: Any, down: Any, down_bias: Any) -> Any:
+        gate, up = linear(inputs, gate_up, gate_up_bias).chunk(2, dim=-1)
+        return linear(self.act_fn(gate) * up, down, down_bias)
+
+    def mlp_forward(self: Any, inputs: Any) -> Any:
+        if not self.synpref_bf16:
+            return self.synpref_fp32_forward(inputs)
+        return gated(self, inputs.to(bf16), *self.synpref_weights).to(inputs.dtype)
+
+    switched, fused = [], set()
+    for module in backbone.modules():
+        gate, up, down = (getattr(module, name, None) for name in ("gate_proj", "up_proj", "down_proj"))
+        if not all(isinstance(layer, torch.nn.Linear) for layer in (gate, up, down)):
+            continue
+        if not callable(getattr(module, "act_fn", None)) or (gate.bias is None) != (up.bias is None):
+            continue
+        weights = (
+            torch.cat([gate.weight, up.weight]).detach(),
+            None if gate.bias is None else torch.cat([gate.bias, up.bias]).detach(),
+            down.weight.detach(),
+            down.bias,
+        )
+        probe = torch.randn(3, gate.in_features, generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():  # the module really is down(act(gate(x)) * up(x))
+            if not torch.allclose(module(probe), gated(module, probe, *weights), rtol=1e-4, atol=1e-5):
+                continue
+        module.synpref_weights = tuple(map(copy, weights))
+        module.synpref_fp32_forward = module.forward
+        module.forward = types.MethodType(mlp_forward, module)
+        switched.append(module)
+        fused.update((gate, up, down))
+    for module in backbone.modules():
+        if isinstance(module, torch.nn.Linear) and module not in fused:
+            module.weight_bf16, module.bias_bf16 = copy(module.weight), copy(module.bias)
+            module.forward = types.MethodType(linear_forward, module)
+            switched.append(module)
+    for module in switched:
         module.synpref_bf16 = False
-        module.forward = types.MethodType(forward, module)
-    return linears
+    return switched
 
 
 def _use_bf16(linears: list[Any], enabled: bool) -> None:
@@ -107,14 +153,46 @@ def _closest_gap(rewards: Sequence[float]) -> float:
     return min((b - a for a, b in zip(ordered, ordered[1:], strict=False)), default=math.inf)
 
 
+def _span_attention(torch: Any) -> str:
+    """Register (once) an SDPA that attends within each block of a packed row separately.
+
+    A packed row holds several pairs; its mask is block-diagonal, and SDPA on the whole row would
+    compute every off-diagonal block only to mask it away (4x slower for 4 pairs of ~230 tokens).
+    Given `synpref_spans` [(start, end, block mask)] from the model call's kwargs (transformers
+    hands them to the attention function) it runs SDPA per block; otherwise plain SDPA.
+    """
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    def attention(module, query, key, value, attention_mask, *args, synpref_spans=None, **kwargs):
+        if synpref_spans is None:
+            return sdpa_attention_forward(module, query, key, value, attention_mask, *args, **kwargs)
+        parts = [
+            sdpa_attention_forward(
+                module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], mask, *args, **kwargs
+            )[0]
+            for a, b, mask in synpref_spans
+        ]
+        return torch.cat(parts, dim=1), None
+
+    AttentionInterface.register("synpref_spans", attention)
+    AttentionMaskInterface.register("synpref_spans", sdpa_mask)  # masks it builds: as for SDPA
+    return "synpref_spans"
+
+
 class TorchEngine:
     """transformers + torch: no grad, fp32 on CPU (opt-in bf16 matmuls), bf16 on CUDA.
 
-    Within a call, groups are sorted longest first and cut into batches whose padded token count
-    stays under `batch_tokens`. Each batch runs either as full sequences, or (`prefix_reuse`) as the
+    On CPU (`packed`), groups are packed into unpadded rows of at most `batch_tokens` tokens: each
+    group's shared prefix once (`prefix_reuse` other than "never"), then every reply, each seeing only
+    its prefix and itself (a block mask), at the positions it would have alone; attention runs per
+    group. One forward streams all weights from memory once, so several pairs per row beat one.
+    Padded (CUDA): groups are sorted longest first and cut into batches whose padded token count
+    stays under `batch_tokens`; each batch runs either as full sequences, or (`prefix_reuse`) as the
     groups' shared prefixes once, then every reply's remaining tokens on top of the cached keys and
-    values; "auto" picks per batch whichever processes fewer padded tokens. A batch of one group
-    (the CPU default) runs as one unpadded row: prefix and replies packed behind a block mask.
+    values; "auto" picks per batch whichever processes fewer padded tokens. Either way the last
+    layer's MLP runs only on the rows the head reads.
     """
 
     def __init__(
@@ -137,24 +215,55 @@ class TorchEngine:
         if quantize not in (None, "bf16") or (quantize and self.device != "cpu"):
             raise ValueError("--quantize supports bf16 on CPU only (CUDA already runs in bf16)")
         self.recheck_margin = recheck_margin
-        self._bf16_linears = _add_bf16_weights(self.model, torch) if quantize == "bf16" else []
-        self.low_precision = quantize == "bf16"
         if prefix_reuse not in ("auto", "always", "never"):
             raise ValueError(f"prefix_reuse must be auto, always or never, not {prefix_reuse!r}")
         self.backbone = getattr(self.model, self.model.base_model_prefix)
+        self._bf16_linears = _add_bf16_weights(self.backbone, torch) if quantize == "bf16" else []
+        self.low_precision = quantize == "bf16"
         self.head = _head(self.model)
+        self.packed = self.device == "cpu"
+        self.span_attention = self.model.config._attn_implementation == "sdpa"
+        if self.span_attention:
+            self.model.config._attn_implementation = _span_attention(torch)
         self.batch_tokens = (
             batch_tokens or DEFAULT_BATCH_TOKENS["cuda" if self.device.startswith("cuda") else "cpu"]
         )
         self.prefix_reuse = prefix_reuse
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self._read_rows: Any = None  # flat (batch * position) rows the head reads in the running forward
+        self._trim_last_mlp()
+
+    def _trim_last_mlp(self) -> None:
+        """Run the last decoder layer's MLP only on the rows the head reads (other rows come out as
+        the residual alone, which nothing reads): an exact saving of most of one layer."""
+        layers = getattr(self.backbone, "layers", None)
+        mlp = getattr(layers[-1], "mlp", None) if layers else None
+        if mlp is None:
+            return
+        shapes: list[Any] = []
+
+        def before(module: Any, args: tuple) -> tuple | None:
+            if self._read_rows is None:
+                return None
+            shapes[:] = [args[0].shape]
+            return (args[0].reshape(-1, args[0].shape[-1])[self._read_rows], *args[1:])
+
+        def after(module: Any, args: tuple, output: Any) -> Any:
+            if self._read_rows is None or not isinstance(output, self.torch.Tensor):
+                return None
+            full = output.new_zeros((*shapes[0][:-1], output.shape[-1]))
+            full.view(-1, output.shape[-1])[self._read_rows] = output
+            return full
+
+        mlp.register_forward_pre_hook(before)
+        mlp.register_forward_hook(after)
 
     def score(self, groups: Sequence[EncodedGroup], progress: Progress | None = None) -> list[list[float]]:
         """Rewards for every sequence of every group, in the order given.
 
         With `quantize="bf16"` the Linear layers run in bfloat16 (weights converted once; norms,
-        attention and the residual stream stay fp32); groups whose rewards come within `recheck_margin` of each other, where bf16
-        noise could flip a decision, are scored again in fp32.
+        attention and the residual stream stay fp32); groups whose rewards come within
+        `recheck_margin` of each other, where bf16 noise could flip a decision, are scored again in fp32.
         """
         if not self.low_precision:
             return self._score(groups, progress)
@@ -174,13 +283,29 @@ class TorchEngine:
         results: list[list[float]] = [[] for _ in groups]
         batch: list[int] = []
         for index in order:
-            if batch and self._cost([groups[i] for i in [*batch, index]], prefix=False) > self.batch_tokens:
+            if batch and self._batch_cost([groups[i] for i in [*batch, index]]) > self.batch_tokens:
                 self._run(groups, batch, results, progress)
                 batch = []
             batch.append(index)
         if batch:
             self._run(groups, batch, results, progress)
         return results
+
+    def _blocks(self, group: EncodedGroup) -> list[tuple[list[int], list[list[int]]]]:
+        """A group as packed blocks of (shared prefix, replies after it)."""
+        if self.prefix_reuse == "never" or group.prefix_length == 0:
+            return [([], [list(sequence)]) for sequence in group.sequences]
+        start = group.prefix_length
+        return [(list(group.sequences[0][:start]), [list(s[start:]) for s in group.sequences])]
+
+    def _batch_cost(self, batch: Sequence[EncodedGroup]) -> int:
+        """Tokens the batch costs: its packed row, or its padded full sequences."""
+        if self.packed:
+            if not self.span_attention and len(batch) > 1:
+                return self.batch_tokens + 1  # no per-group attention: one group per row
+            blocks = [block for group in batch for block in self._blocks(group)]
+            return sum(len(prefix) + sum(map(len, replies)) for prefix, replies in blocks)
+        return self._cost(batch, prefix=False)
 
     @staticmethod
     def _cost(batch: Sequence[EncodedGroup], prefix: bool) -> int:
@@ -196,13 +321,9 @@ class TorchEngine:
         self, groups: Sequence[EncodedGroup], batch: list[int], results: list[list[float]], progress
     ) -> None:
         members = [groups[index] for index in batch]
-        use_prefix = self.prefix_reuse == "always" or (
-            self.prefix_reuse == "auto"
-            and self._cost(members, prefix=True) < PREFIX_GAIN * self._cost(members, prefix=False)
-        )
-        if use_prefix and len(members) == 1 and members[0].prefix_length > 0:
-            rewards = self._forward_packed(members[0])
-        elif use_prefix and max(group.prefix_length for group in members) > 0:
+        if self.packed:
+            rewards = self._forward_packed(members)
+        elif self._use_prefix(members):
             rewards = self._forward_prefix(members)
         else:
             rewards = self._forward_full([sequence for group in members for sequence in group.sequences])
@@ -213,6 +334,21 @@ class TorchEngine:
         if progress is not None:
             progress(len(batch), sum(len(s) for group in members for s in group.sequences))
 
+    def _use_prefix(self, members: list[EncodedGroup]) -> bool:
+        if max(group.prefix_length for group in members) == 0 or self.prefix_reuse == "never":
+            return False
+        return self.prefix_reuse == "always" or (
+            self._cost(members, prefix=True) < PREFIX_GAIN * self._cost(members, prefix=False)
+        )
+
+    def _backbone(self, read_rows: Any, **inputs: Any) -> Any:
+        """The backbone's forward, its last MLP only on `read_rows` (flat batch * position indexes)."""
+        self._read_rows = read_rows
+        try:
+            return self.backbone(**inputs)
+        finally:
+            self._read_rows = None
+
     def _rewards_at(self, hidden: Any, last: Any) -> list[float]:
         torch = self.torch
         picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
@@ -221,32 +357,47 @@ class TorchEngine:
     def _forward_full(self, sequences: list[list[int]]) -> list[float]:
         torch = self.torch
         ids, mask = _pad(sequences, self.pad_id, torch)
+        last = (mask.sum(1) - 1).to(self.device)
         with torch.inference_mode():
-            hidden = self.backbone(
-                input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
+            hidden = self._backbone(
+                torch.arange(len(sequences), device=self.device) * ids.shape[1] + last,
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
             ).last_hidden_state
-            return self._rewards_at(hidden, (mask.sum(1) - 1).to(self.device))
+            return self._rewards_at(hidden, last)
 
-    def _forward_packed(self, group: EncodedGroup) -> list[float]:
-        """One group as one unpadded row: prefix, then every reply, each reply seeing only the prefix
-        and itself (a block mask) at the positions it would have alone. One forward per pair, no
+    def _forward_packed(self, members: list[EncodedGroup]) -> list[float]:
+        """Groups as one unpadded row of blocks (shared prefix, then every reply, each reply seeing
+        only the prefix and itself, at the positions it would have alone); attention per block. No
         padding: the fastest layout on CPU, where padded tokens cost as much as real ones."""
         torch = self.torch
-        start = group.prefix_length
-        ids, positions, segment, ends = list(group.sequences[0][:start]), list(range(start)), [0] * start, []
-        for number, sequence in enumerate(group.sequences, 1):
-            ids += sequence[start:]
-            positions += range(start, len(sequence))
-            segment += [number] * (len(sequence) - start)
-            ends.append(len(ids) - 1)
-        segments = torch.tensor(segment)
-        visible = (segments[:, None] == segments[None, :]) | (segments[None, :] == 0)
-        mask = torch.ones(len(ids), len(ids), dtype=torch.bool).tril() & visible
+        ids: list[int] = []
+        positions: list[int] = []
+        ends: list[int] = []
+        spans: list[tuple[int, int, Any]] = []
+        for prefix, replies in (block for group in members for block in self._blocks(group)):
+            begin = len(ids)
+            ids += prefix
+            positions += range(len(prefix))
+            segment = [0] * len(prefix)
+            for number, reply in enumerate(replies, 1):
+                ids += reply
+                positions += range(len(prefix), len(prefix) + len(reply))
+                segment += [number] * len(reply)
+                ends.append(len(ids) - 1)
+            segments = torch.tensor(segment)
+            visible = (segments[:, None] == segments[None, :]) | (segments[None, :] == 0)
+            mask = torch.ones(len(segment), len(segment), dtype=torch.bool).tril() & visible
+            spans.append((begin, len(ids), mask[None, None].to(self.device)))
+        whole = torch.block_diag(*(mask[0, 0] for _, _, mask in spans))
+        extra = {"synpref_spans": spans} if self.span_attention else {}
         with torch.inference_mode():
-            hidden = self.backbone(
+            hidden = self._backbone(
+                torch.tensor(ends, device=self.device),
                 input_ids=torch.tensor([ids], device=self.device),
-                attention_mask=mask[None, None].to(self.device),
+                attention_mask=whole[None, None].to(self.device),
                 position_ids=torch.tensor([positions], device=self.device),
+                **extra,
             ).last_hidden_state
             return self.head(hidden[0, ends]).float()[:, 0].cpu().tolist()
 
@@ -271,19 +422,24 @@ class TorchEngine:
         )
         mask = torch.cat([prefix_mask[owner_index], suffix_mask], dim=1)
         device = self.device
+        last = (suffix_mask.sum(1) - 1).to(device)
         with torch.inference_mode():
-            cache = self.backbone(
-                input_ids=prefix_ids.to(device), attention_mask=prefix_mask.to(device), use_cache=True
+            cache = self._backbone(  # only the keys and values are read: the last MLP runs on no row
+                torch.zeros(0, dtype=torch.long, device=device),
+                input_ids=prefix_ids.to(device),
+                attention_mask=prefix_mask.to(device),
+                use_cache=True,
             ).past_key_values
             cache.batch_select_indices(owner_index.to(device))
-            hidden = self.backbone(
+            hidden = self._backbone(
+                torch.arange(len(suffixes), device=device) * suffix_ids.shape[1] + last,
                 input_ids=suffix_ids.to(device),
                 attention_mask=mask.to(device),
                 position_ids=positions.to(device),
                 past_key_values=cache,
                 use_cache=True,
             ).last_hidden_state
-            return self._rewards_at(hidden, (suffix_mask.sum(1) - 1).to(device))
+            return self._rewards_at(hidden, last)
 
 
 class VllmEngine:

@@ -61,10 +61,22 @@ def reference(scorer: RewardScorer, pairs: list[dict]) -> list[list[float]]:
 
 
 @pytest.mark.parametrize(
-    ("batch_tokens", "prefix_reuse"), [(1, "always"), (1, "never"), (300, "always"), (100_000, "auto")]
+    ("packed", "batch_tokens", "prefix_reuse"),
+    [
+        (True, 1, "always"),  # one pair per row
+        (True, 1, "never"),
+        (True, 300, "always"),  # several pairs per row, attention per pair
+        (True, 100_000, "auto"),
+        (False, 300, "always"),  # padded batches (the CUDA layout): shared-prefix KV cache
+        (False, 100_000, "auto"),
+        (False, 8192, "never"),
+    ],
 )
-def test_torch_engine_matches_plain_transformers(scorer, pairs, reference, prefix_reuse, batch_tokens):
-    scorer.engine.prefix_reuse, scorer.engine.batch_tokens = prefix_reuse, batch_tokens
+def test_torch_engine_matches_plain_transformers(
+    scorer, pairs, reference, packed, prefix_reuse, batch_tokens
+):
+    engine = scorer.engine
+    engine.packed, engine.prefix_reuse, engine.batch_tokens = packed, prefix_reuse, batch_tokens
     order = list(range(len(pairs)))
     random.Random(batch_tokens).shuffle(order)
     groups = [(pairs[i]["conversation"], [pairs[i]["chosen"], pairs[i]["rejected"]]) for i in order]
@@ -75,7 +87,7 @@ def test_torch_engine_matches_plain_transformers(scorer, pairs, reference, prefi
 
 
 def test_groups_of_any_size_and_single_rewards(scorer, pairs, reference):
-    scorer.engine.prefix_reuse, scorer.engine.batch_tokens = "auto", 4096
+    scorer.engine.packed, scorer.engine.prefix_reuse, scorer.engine.batch_tokens = True, "auto", 4096
     first, second = pairs[0], pairs[1]
     candidates = [first["chosen"], first["rejected"], second["chosen"], "I cannot help with that."]
     (group,) = scorer.group_rewards([(first["conversation"], candidates)])
@@ -86,7 +98,7 @@ def test_groups_of_any_size_and_single_rewards(scorer, pairs, reference):
 
 @pytest.mark.slow
 def test_score_records_keeps_order_fields_and_other_scores(scorer, pairs, reference):
-    scorer.engine.batch_tokens = 512
+    scorer.engine.packed, scorer.engine.batch_tokens = True, 512
     records = [{**p, "scores": {"other": {"p": 0.5}}} for p in pairs]
     scored = list(score_records(records, scorer, name="smol"))
     assert [r["id"] for r in scored] == [p["id"] for p in pairs]
@@ -197,20 +209,22 @@ def test_resume_refuses_a_different_input(runner, smollm2_rm, small_input, tmp_p
 
 
 @pytest.mark.slow
-def test_bf16_mode_keeps_fp32_decisions(smollm2_rm, examples, scorer):
-    pairs = _short_pairs(examples / "hh-harmless-base-test.jsonl.zst", 30, multi_turn=False)
+def test_bf16_mode_keeps_99_percent_of_fp32_decisions(smollm2_rm, examples, scorer):
+    """The issue's bar on real pairs: --quantize bf16 p > 0.5 decisions agree with fp32 on >= 99%."""
+    pairs = _short_pairs(examples / "hh-harmless-base-test.jsonl.zst", 100, multi_turn=False)
     groups = [(p["conversation"], [p["chosen"], p["rejected"]]) for p in pairs]
-    scorer.engine.prefix_reuse, scorer.engine.batch_tokens = "auto", 1
+    scorer.engine.packed, scorer.engine.prefix_reuse, scorer.engine.batch_tokens = True, "auto", 1024
     exact = scorer.group_rewards(groups)
-    fast = RewardScorer(smollm2_rm, quantize="bf16", recheck_margin=0.05).group_rewards(groups)
-    gaps = [abs(a - b) for a, b in (group for group in fast)]
-    changed = [abs(f[0] - e[0]) for f, e in zip(fast, exact, strict=True)]
-    assert max(changed) > 1e-4  # really ran in bf16
-    for gap, f, e in zip(gaps, fast, exact, strict=True):
-        if gap < 0.05:  # close calls were re-scored in fp32
-            assert f == pytest.approx(e, abs=1e-4)
-    agree = sum((a[0] > a[1]) == (b[0] > b[1]) for a, b in zip(exact, fast, strict=True))
-    assert agree >= len(groups) - 1
+    fast_scorer = RewardScorer(smollm2_rm, quantize="bf16")
+    fast = fast_scorer.group_rewards(groups)
+    margin = fast_scorer.engine.recheck_margin
+    rechecked = [i for i, (chosen, rejected) in enumerate(fast) if abs(chosen - rejected) < margin]
+    assert rechecked  # some close calls were scored again, in fp32:
+    for index in rechecked:
+        assert fast[index] == pytest.approx(exact[index], abs=1e-4)
+    assert max(abs(f[0] - e[0]) for f, e in zip(fast, exact, strict=True)) > 1e-4  # really ran in bf16
+    agree = sum((f[0] > f[1]) == (e[0] > e[1]) for f, e in zip(fast, exact, strict=True))
+    assert agree >= 0.99 * len(groups)
 
 
 @pytest.mark.slow

@@ -24,9 +24,10 @@ from synpref.score import DEFAULT_RECHECK_MARGIN, DEFAULT_WINDOW
 @click.option(
     "--batch-tokens",
     type=click.IntRange(min=1),
-    help="Padded tokens per torch batch (sequences x longest; one pair always fits). Default: 8192 on "
-    "CUDA; 1 on CPU, where each pair runs as one unpadded row (its conversation once, both replies "
-    "behind a block mask) because padding costs as much as real tokens there.",
+    help="Tokens per torch batch. CUDA (default 8192): padded tokens (sequences x longest; one pair "
+    "always fits). CPU (default 1024): pairs packed without padding into one row of at most this many "
+    "tokens (each pair's conversation once, its replies behind a block mask, attention per pair; 1: one "
+    "pair per row), because padding costs as much as real tokens there.",
 )
 @click.option(
     "--max-length", type=click.IntRange(min=2), help="Truncate longer pairs (see below); default: none."
@@ -34,8 +35,10 @@ from synpref.score import DEFAULT_RECHECK_MARGIN, DEFAULT_WINDOW
 @click.option(
     "--quantize",
     type=click.Choice(["bf16"]),
-    help="CPU only, opt-in: matmuls in bfloat16 (fast on CPUs with AVX512-BF16/AMX); pairs whose rewards "
-    "come within --recheck-margin are scored again in fp32 so decisions match fp32.",
+    help="CPU only, opt-in: matmuls in bfloat16 (fast on CPUs with AVX512-BF16/AMX; norms, attention "
+    "and the reward head stay fp32); pairs whose rewards come within --recheck-margin are scored again "
+    "in fp32, so p > 0.5 decisions match fp32 on ~99.6% of pairs (int8 was measured and kept out: "
+    "~2.2x fp32 speed, but only ~86% of decisions kept).",
 )
 @click.option(
     "--recheck-margin",
