@@ -37,15 +37,17 @@ from synpref.score import DEFAULT_RECHECK_MARGIN, DEFAULT_WINDOW
     type=click.Choice(["bf16"]),
     help="CPU only, opt-in: matmuls in bfloat16 (fast on CPUs with AVX512-BF16/AMX; norms, attention "
     "and the reward head stay fp32); pairs whose rewards come within --recheck-margin are scored again "
-    "in fp32, so p > 0.5 decisions match fp32 on ~99.6% of pairs (int8 was measured and kept out: "
-    "~2.2x fp32 speed, but only ~86% of decisions kept).",
+    "in fp32. With a SmolLM2-135M RM on hh-harmless pairs: 2.77x the naive per-pair loop (1.42x "
+    "synpref fp32; 500 pairs), keeping 99.55% of fp32 p > 0.5 decisions (2,000 pairs). int8 was "
+    "measured and left out: ~2.2x fp32 speed but 86% of decisions kept.",
 )
 @click.option(
     "--recheck-margin",
     type=click.FloatRange(min=0),
     default=DEFAULT_RECHECK_MARGIN,
     show_default=True,
-    help="With --quantize: |chosen - rejected| below this is re-scored in fp32.",
+    help="With --quantize: |chosen - rejected| below this is re-scored in fp32 (larger: more decisions "
+    "kept, slower; 0.02 kept 99.87% of 1,500 hh pairs, 0 only 98.3%).",
 )
 @click.option("--device", help="torch device (default: cuda when available, else cpu).")
 @click.option(
