@@ -82,7 +82,6 @@ def main() -> None:
     shared = sum(group.prefix_length for group in encoded)
     print(f"{len(groups)} pairs from {Path(args.data).name}, {tokens} tokens ({shared / tokens:.0%} shared-prefix "
           f"duplicates), {torch.get_num_threads()} torch threads")  # fmt: skip
-    rows: list[tuple[str, float, str]] = []
     model, engine = scorer.engine.model, scorer.engine
 
     def naive(chunk: list) -> list[list[float]]:
@@ -129,8 +128,16 @@ def main() -> None:
             seconds[label] += time.perf_counter() - began
     reference = rewards["naive per-pair loop (transformers)"]
     naive_seconds = seconds["naive per-pair loop (transformers)"]
-    for label in peers:
-        rows.append((label, seconds[label], _parity(rewards[label], reference)))
+
+    def show(label: str, took: float, note: str) -> None:
+        print(
+            f"{label:50} {len(groups) / took:8.2f} {tokens / took:9.0f} {naive_seconds / took:8.2f}x  {note}",
+            flush=True,
+        )
+
+    print(f"{'peer':50} {'pairs/s':>8} {'tokens/s':>9} {'vs naive':>9}  parity")
+    for label in peers:  # printed before the vLLM peer runs, so a failing vLLM loses nothing
+        show(label, seconds[label], _parity(rewards[label], reference))
 
     if args.vllm_python:
         with tempfile.TemporaryDirectory() as scratch:
@@ -140,14 +147,7 @@ def main() -> None:
             script = str(REPO / "scripts" / "vllm_score.py")
             subprocess.run([args.vllm_python, script, model_dir, request, answer], check=True, env=env)
             result = json.loads(Path(answer).read_text())
-        rows.append(("vLLM CPU (classify, fp32)", result["seconds"], _parity(result["rewards"], reference)))
-
-    print(f"{'peer':50} {'pairs/s':>8} {'tokens/s':>9} {'vs naive':>9}  parity")
-    for label, seconds, note in rows:
-        print(
-            f"{label:50} {len(groups) / seconds:8.2f} {tokens / seconds:9.0f} {naive_seconds / seconds:8.2f}x  {note}"
-        )
-
+        show("vLLM CPU (classify, fp32)", result["seconds"], _parity(result["rewards"], reference))
 
 if __name__ == "__main__":
     main()
