@@ -49,8 +49,8 @@ DEFAULT_RECHECK_MARGIN = 0.015  # --quantize bf16: closer rewards are scored aga
 # hh pairs 2000-2306 (307, apart from the reported ones): bf16 moves a SmolLM2-135M RM's chosen-rejected
 # gap by 0.010 median, 0.023 q90 (fp32 |gap| median 0.15); every gap with every measured error
 # predicted 98.1% of fp32 decisions kept at margin 0, 99.3% at 0.01, 99.6% at 0.015 (5% re-scored).
-# Measured on hh pairs 0-1999: 99.55% (500 in bench_score.py: 99.2% at 2.77x the naive loop; 1500
-# more: 99.67%, 4.5% re-scored); margin 0: 3.02x, 97.6%.
+# Measured by bench_score.py on hh pairs 0-1999 in one run: 99.55% kept at 2.77x the naive loop
+# (1.44x synpref fp32); on pairs 0-499 margin 0 ran 3.02x and kept 97.6%.
 
 Group = tuple[Sequence[Message], Sequence[str]]
 Progress = Callable[[int, int], None]  # (groups done, tokens done)

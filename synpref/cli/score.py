@@ -37,8 +37,8 @@ from synpref.score import DEFAULT_RECHECK_MARGIN, DEFAULT_WINDOW
     type=click.Choice(["bf16"]),
     help="CPU only, opt-in: matmuls in bfloat16 (fast on CPUs with AVX512-BF16/AMX; norms, attention "
     "and the reward head stay fp32); pairs whose rewards come within --recheck-margin are scored again "
-    "in fp32. With a SmolLM2-135M RM on hh-harmless pairs: 2.77x the naive per-pair loop (1.42x "
-    "synpref fp32; 500 pairs), keeping 99.55% of fp32 p > 0.5 decisions (2,000 pairs). int8 was "
+    "in fp32. With a SmolLM2-135M RM on hh-harmless pairs: 2.77x the naive per-pair loop (1.44x "
+    "synpref fp32), keeping 99.55% of fp32 p > 0.5 decisions (2,000 pairs, one run). int8 was "
     "measured and left out: ~2.2x fp32 speed but 86% of decisions kept.",
 )
 @click.option(
