@@ -34,6 +34,7 @@ if hasattr(os, "sched_setaffinity"):
 
 
 import numpy as np  # noqa: E402
+from dedupe_kernels import minhash_from_hashes, one_permutation_from_hashes, shingle_hash_batch  # noqa: E402
 
 from synpref.dedupe import kernels  # noqa: E402
 from synpref.dedupe.decontaminate import BenchmarkIndex, user_turns_text  # noqa: E402
@@ -110,17 +111,17 @@ def bench_signatures(texts: list[str], peer_sample: int) -> None:
         f"ratio {ours / from_text:.2f}x"
     )
     buffer, offsets = pack_texts(texts)
-    flat, rows = kernels.shingle_hash_batch(buffer, offsets, 5)
+    flat, rows = shingle_hash_batch(buffer, offsets, 5)
     a, b = kernels.permutations(128, 1)
     out = np.empty((len(texts), 128), dtype=np.uint32)
-    kernels.minhash_from_hashes(flat[: rows[10]], rows[:11], a, b, out)
-    core = len(texts) / best_of(3, lambda: kernels.minhash_from_hashes(flat, rows, a, b, out))
+    minhash_from_hashes(flat[: rows[10]], rows[:11], a, b, out)
+    core = len(texts) / best_of(3, lambda: minhash_from_hashes(flat, rows, a, b, out))
     rensa_core = len(texts) / best_of(
         3, lambda: rensa.RMinHash.digest_matrix_from_flat_token_hashes(flat, rows, 128, 1)
     )
     salt = np.uint64(kernels.salt(1))
-    kernels.one_permutation_from_hashes(flat[: rows[10]], rows[:11], salt, out)
-    core_oph = len(texts) / best_of(3, lambda: kernels.one_permutation_from_hashes(flat, rows, salt, out))
+    one_permutation_from_hashes(flat[: rows[10]], rows[:11], salt, out)
+    core_oph = len(texts) / best_of(3, lambda: one_permutation_from_hashes(flat, rows, salt, out))
     print(
         f"  same uint64 shingle hashes: synpref {core:,.0f}  rensa {rensa_core:,.0f}  ratio {core / rensa_core:.2f}x"
     )

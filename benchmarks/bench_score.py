@@ -66,9 +66,10 @@ def main() -> None:
 
     import torch
 
+    from synpref.engines.reward import RewardScorer
+    from synpref.engines.torch_reward import DEFAULT_BATCH_TOKENS, DEFAULT_RECHECK_MARGIN
     from synpref.io import iter_raw
     from synpref.records import normalize
-    from synpref.score import DEFAULT_BATCH_TOKENS, DEFAULT_RECHECK_MARGIN, RewardScorer
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)

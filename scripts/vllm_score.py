@@ -23,13 +23,13 @@ import time
 
 def main(model_dir: str, sequences_path: str, out_path: str) -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB of KV cache on CPU
+    from synpref.engines.vllm_reward import VllmRewardEngine
     from synpref.models.formatting import EncodedGroup
-    from synpref.score import VllmEngine
 
     with open(sequences_path) as handle:
         groups = [EncodedGroup([ids]) for ids in json.load(handle)["sequences"]]
     longest = max(len(group.sequences[0]) for group in groups)
-    engine = VllmEngine(model_dir, max_model_len=max(longest, 256), dtype="float32")
+    engine = VllmRewardEngine(model_dir, max_model_len=max(longest, 256), dtype="float32")
     engine.score(groups[:4])  # warm-up
     start = time.perf_counter()
     rewards = [row[0] for row in engine.score(groups)]

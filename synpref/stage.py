@@ -1,27 +1,38 @@
 """Plumbing shared by every stage: sharded reading with error diversion, the kept / removed / errors
 outputs, counters printed at the end, and the progress bar.
 
-A stage function takes a `Stage` (or just an iterable of records) and yields records; the CLI builds
-the Stage from the shared options in `synpref.cli.options`.
+A stage function takes a `Stage` and calls `emit` / `remove` (or `route` with a `Verdict`); the CLI
+builds the Stage from the shared options in `synpref.cli.options`, and `Stage.over(records)` builds
+one over records in memory, so every stage is also a plain Python function over records.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from tqdm import tqdm
 
 from synpref.io import DEFAULT_LEVEL, RawLine, RecordWriter, Shard, StreamError, expand_paths, iter_raw
 from synpref.records import Record, RecordError, normalize
 
+MEMORY = "<records>"  # the input name of a Stage over records in memory
+ON_ERROR = ("fail", "skip", "count")
+
 
 @dataclass
 class StageOptions:
-    """What every command accepts (see `synpref.cli.options` for the flags)."""
+    """What every command accepts (see `synpref.cli.options` for the flags).
+
+    on_error: "fail" raises on the first bad line, "skip" diverts bad lines to `errors`, "count"
+    only counts them (for a pass whose sibling pass over the same input writes them).
+    """
 
     inputs: list[str] = field(default_factory=list)
     output: str | None = None
@@ -34,6 +45,41 @@ class StageOptions:
     threads: int = -1
 
 
+class MissingOutput(ValueError):
+    """A record had to go to an output (`removed`, `errors`) the run was not given."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        super().__init__(f"this run needs a {kind} output: a record must go there and nothing is dropped")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A filter's decision about one record: kept or removed, and the rule that decided it."""
+
+    keep: bool
+    reason: str = ""
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+class MemoryWriter:
+    """An output that collects records in a list (a Stage over records in memory)."""
+
+    def __init__(self) -> None:
+        self.records: list[Any] = []
+
+    def write(self, record: Any) -> None:
+        self.records.append(record)
+
+    def write_line(self, data: bytes) -> None:
+        self.records.append(orjson.loads(data))
+
+    def close(self) -> None:
+        pass
+
+    abort = close
+
+
 def _default_id(path: str, line: int) -> str:
     return f"{_stem(path) or 'stdin'}-{line:08d}"
 
@@ -43,26 +89,71 @@ def _stem(path: str) -> str:
 
 
 class Stage:
-    """One run of a command: reads its inputs, owns its outputs, counts what happened."""
+    """One run of a command: reads its inputs, owns its outputs, counts what happened.
 
-    def __init__(self, name: str, options: StageOptions, emits: bool = True):
+    `position` is the index in the concatenated input (all shards) of the record last read: sharded
+    passes that must agree on record identity (dedupe's cluster mode) key their results by it.
+    A stage that reads its input twice opens with `rereadable=True` (stdin is then spooled) and
+    calls `reread()` for the second pass.
+    """
+
+    def __init__(self, name: str, options: StageOptions, emits: bool = True, rereadable: bool = False):
+        if options.on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}, not {options.on_error!r}")
         if options.on_error == "skip" and not options.errors:
-            raise ValueError("--on-error skip needs --errors PATH (nothing is dropped silently)")
+            raise ValueError("on_error 'skip' needs an errors path (nothing is dropped silently)")
         self.name, self.options, self.emits = name, options, emits
         self.counts: Counter[str] = Counter()
-        # Index in the concatenated input (all shards) of the record last read: sharded passes that
-        # must agree on record identity (dedupe's cluster mode) key their results by it.
         self.position = -1
-        self._writers: dict[str, RecordWriter] = {}
+        self._writers: dict[str, Any] = {}
+        self._memory: list[Any] | None = None
+        self._spool: str | None = None
+        self._rereadable = rereadable
+        self._rereading = False
+
+    @classmethod
+    def over(cls, name: str, records: Iterable[Any], **options: Any) -> Stage:
+        """A Stage whose input is RECORDS and whose outputs are lists (`outputs(kind)`)."""
+        stage = cls(name, StageOptions(inputs=[MEMORY], **options))
+        stage._memory = list(records)
+        for kind in ("output", "removed", "errors"):
+            stage._writers[kind] = MemoryWriter()
+        return stage
+
+    def outputs(self, kind: str = "output") -> list[Any]:
+        """What a Stage over records in memory wrote to KIND."""
+        return self._writers[kind].records
 
     # -- input --------------------------------------------------------------------------------------
+    def _files(self) -> Iterator[tuple[str, Iterator[RawLine]]]:
+        if self._memory is not None:
+            yield MEMORY, (RawLine(MEMORY, number, row) for number, row in enumerate(self._memory, 1))
+            return
+        for path in expand_paths(self.options.inputs):
+            if path == "-" and self._spool is not None:
+                yield path, iter_raw(self._spool)
+            elif path == "-" and self._rereadable:
+                yield path, self._spooled_stdin()
+            else:
+                yield path, iter_raw(path)
+
+    def _spooled_stdin(self) -> Iterator[RawLine]:
+        """Stdin's records, copied as read to a temporary zstd file that `reread` reads."""
+        handle, spool = tempfile.mkstemp(prefix="synpref-stdin-", suffix=".jsonl.zst")
+        os.close(handle)
+        self._spool = spool
+        with RecordWriter(spool, level=1, threads=0) as copy:
+            for raw in iter_raw("-"):
+                copy.write_line(raw.data) if type(raw.data) is bytes else copy.write(raw.data)
+                yield raw
+
     def raw_lines(self) -> Iterator[RawLine]:
-        """Unparsed input lines of this shard, in input order; unreadable files follow --on-error."""
+        """Unparsed input lines of this shard, in input order; unreadable files follow on_error."""
         position = 0
         shard = self.options.shard
-        for path in expand_paths(self.options.inputs):
+        for _, lines in self._files():
             try:
-                for raw in iter_raw(path):
+                for raw in lines:
                     position += 1
                     if shard is None or shard.owns(position - 1):
                         self.position = position - 1
@@ -71,7 +162,7 @@ class Stage:
                 self._divert(error, None)
 
     def records(self, normalized: bool = True, progress: bool = True) -> Iterator[Record]:
-        """Parsed (and by default canonical) records; bad ones raise or go to --errors.
+        """Parsed (and by default canonical) records; bad ones raise or go to errors.
 
         `progress=False` leaves the bar to a stage that shows its own (pairs/s, tokens/s)."""
         for record, _ in self.records_with_bytes(normalized, progress):
@@ -96,7 +187,8 @@ class Stage:
             except RecordError as error:
                 self._divert(StreamError(raw.path, raw.line, str(error), error.field), raw)
                 continue
-            self.counts["read"] += 1
+            if not self._rereading:
+                self.counts["read"] += 1
             bar.update()
             unchanged = record is row and type(raw.data) is bytes
             if normalized and ("id" not in record or "source" not in record):
@@ -107,10 +199,28 @@ class Stage:
             yield record, raw.data if unchanged else None
         bar.close()
 
+    def positioned(self) -> Iterator[tuple[int, Record, bytes | None]]:
+        """(input position, record, input line or None) of every record of this shard."""
+        for record, original in self.records_with_bytes():
+            yield self.position, record, original
+
+    def reread(self) -> Iterator[tuple[int, Record, bytes | None]]:
+        """`positioned()` again, for a stage's second pass: the first pass reported the bad lines and
+        counted the records, so this one only skips the bad lines and counts no reads."""
+        self._rereading = True
+        try:
+            yield from self.positioned()
+        finally:
+            self._rereading = False
+
     def _divert(self, error: StreamError, raw: RawLine | None) -> None:
-        if self.options.on_error != "skip":
+        if self._rereading:
+            return
+        if self.options.on_error == "fail":
             raise error
         self.counts["errors"] += 1
+        if self.options.on_error == "count":
+            return
         entry: dict[str, Any] = {"file": error.path, "line": error.line, "field": error.field, "error": error.message}
         if raw is not None:
             data = raw.data
@@ -123,7 +233,7 @@ class Stage:
         if kind not in self._writers:
             path = getattr(self.options, kind)
             if kind != "output" and not path:
-                raise ValueError(f"this run needs --{kind} PATH")
+                raise MissingOutput(kind)
             self._writers[kind] = RecordWriter(path, level=self.options.level, threads=self.options.threads)
         return self._writers[kind]
 
@@ -136,12 +246,22 @@ class Stage:
             self.writer().write_line(original)
 
     def remove(self, record: Record, reason: str, **details: Any) -> None:
-        """Send a record to --removed with its reason; without --removed the run fails (nothing lost)."""
+        """Send a record to `removed` with its reason; without that output the run fails (nothing lost)."""
         self.counts[f"removed_{reason}"] += 1
         self.writer("removed").write({**record, "reason": reason, **details})
 
+    def route(self, record: Record, verdict: Verdict, original: bytes | None = None) -> None:
+        """Apply a filter's verdict: a removed record carries its reason; a kept one with a reason is
+        also counted by it."""
+        if verdict.keep:
+            if verdict.reason:
+                self.counts[f"kept_{verdict.reason}"] += 1
+            self.emit(record, original)
+        else:
+            self.remove(record, verdict.reason, **verdict.details)
+
     def progress_bar(self, show: bool = True, **kwargs: Any) -> tqdm:
-        """tqdm on stderr: --progress/--no-progress, else only when stderr is a terminal."""
+        """tqdm on stderr: options.progress when set, else only when stderr is a terminal."""
         enabled = self.options.progress if self.options.progress is not None else sys.stderr.isatty()
         return tqdm(disable=not (show and enabled), file=sys.stderr, desc=self.name, dynamic_ncols=True, **kwargs)
 
@@ -150,12 +270,25 @@ class Stage:
 
     def __exit__(self, kind, value, traceback) -> None:
         # The kept output is opened even when nothing was kept, so `-o PATH` always appears on success.
-        if kind is None and self.emits:
-            self.writer()
-        for writer in self._writers.values():
-            writer.close() if kind is None else writer.abort()
+        try:
+            if kind is None and self.emits:
+                self.writer()
+            for writer in self._writers.values():
+                writer.close() if kind is None else writer.abort()
+        finally:
+            if self._spool is not None and os.path.exists(self._spool):
+                os.unlink(self._spool)
 
     def summary(self) -> str:
         parts = [f"{key} {value}" for key, value in sorted(self.counts.items())]
         return f"synpref {self.name}: " + (", ".join(parts) if parts else "no records")
 
+
+def filter_records(
+    records: Iterable[Record], decide: Callable[[Record], Verdict], name: str = "filter"
+) -> tuple[list[Record], list[Record], Counter[str]]:
+    """A filter as a plain function: (kept, removed with `reason`, counts) of canonical RECORDS."""
+    with Stage.over(name, records) as stage:
+        for record, original in stage.records_with_bytes(progress=False):
+            stage.route(record, decide(record), original)
+    return stage.outputs(), stage.outputs("removed"), stage.counts

@@ -7,20 +7,12 @@ from typing import Any
 
 import click
 
-from synpref.cli.options import run_stage, stage_options
-from synpref.dedupe.cluster import (
-    DedupeConfig,
-    PositionedStage,
-    filter_shard,
-    signatures_path,
-    write_decisions,
-    write_signatures,
-)
-from synpref.dedupe.cluster import (
-    dedupe as dedupe_records,
-)
+from synpref.cli.options import add_options, open_stage, run_stage, stage_options
 from synpref.dedupe.exact import KEYS
 from synpref.dedupe.minhash import SKETCHES, MinHashParams
+from synpref.dedupe.passes import DedupeConfig
+from synpref.dedupe.passes import dedupe as dedupe_stage
+from synpref.dedupe.workdir import filter_shard, signatures_path, write_decisions, write_signatures
 from synpref.io import Shard, StreamError
 from synpref.stage import StageOptions
 
@@ -136,9 +128,7 @@ def config_options(command: Callable) -> Callable:
             help="Words per n-gram for --decontaminate.",
         ),
     ]
-    for flag in reversed(flags):
-        wrapper = flag(wrapper)
-    return wrapper
+    return add_options(wrapper, flags)
 
 
 @click.group(cls=DefaultRunGroup, no_args_is_help=False)
@@ -193,8 +183,8 @@ def run(stage_options: StageOptions, config: DedupeConfig) -> None:
     Every input record goes to stdout (-o) or to --removed with its reason; counts go to stderr.
     With --shard I/N only that shard is read and deduplicated within itself.
     """
-    stage = _open(stage_options)
-    run_stage(stage, lambda: dedupe_records(stage, config))
+    stage = open_stage("dedupe", stage_options, rereadable=True)
+    run_stage(stage, lambda: dedupe_stage(stage, config))
 
 
 @dedupe.command("signatures")
@@ -210,9 +200,10 @@ def signatures(stage_options: StageOptions, config: DedupeConfig, work: str) -> 
     With --on-error skip, bad lines are only counted here; the filter pass writes them to --errors.
     """
     shard = stage_options.shard or Shard(0, 1)
-    on_error = stage_options.on_error
-    options = dataclasses.replace(stage_options, shard=shard, on_error="fail", errors=None)
-    stage = _open(options, report_errors=on_error != "skip", emits=False)
+    # bad lines are the filter pass's to write; this pass counts them
+    on_error = "count" if stage_options.on_error == "skip" else "fail"
+    options = dataclasses.replace(stage_options, shard=shard, on_error=on_error, errors=None)
+    stage = open_stage("dedupe", options, emits=False)
     run_stage(stage, lambda: write_signatures(stage, config, work, shard))
     click.echo(f"synpref dedupe signatures: wrote {signatures_path(work, shard)}", err=True)
 
@@ -240,12 +231,6 @@ def clusters(work: str) -> None:
 def filter_command(stage_options: StageOptions, work: str) -> None:
     """Cluster pass 3: route the records of one shard to kept or --removed by WORK/decisions.npz.
     Give it the same INPUTS and --shard as the signatures pass."""
-    stage = _open(dataclasses.replace(stage_options, shard=stage_options.shard or Shard(0, 1)))
+    stage = open_stage("dedupe", dataclasses.replace(stage_options, shard=stage_options.shard or Shard(0, 1)))
     run_stage(stage, lambda: filter_shard(stage, work))
 
-
-def _open(options: StageOptions, report_errors: bool = True, emits: bool = True) -> PositionedStage:
-    try:
-        return PositionedStage("dedupe", options, emits=emits, report_errors=report_errors)
-    except ValueError as error:
-        raise click.UsageError(str(error)) from None

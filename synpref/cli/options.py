@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from synpref.io import DEFAULT_LEVEL, Shard, StreamError
-from synpref.stage import Stage, StageOptions
+from synpref.stage import MissingOutput, Stage, StageOptions
 
 
 class ShardType(click.ParamType):
@@ -26,6 +26,19 @@ class ShardType(click.ParamType):
             return Shard.parse(value)
         except ValueError as error:
             self.fail(str(error), param, ctx)
+
+
+def add_options(command: Callable, options: list[Callable]) -> Callable:
+    """Apply click option decorators in the order listed (the first appears first in --help)."""
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def max_length_option(help_text: str) -> Callable:
+    """--max-length, one definition for every command that formats pairs (the shared formatter
+    keeps at least one token of each reply, so 2 is the least)."""
+    return click.option("--max-length", type=click.IntRange(min=2), default=None, help=help_text)
 
 
 def stage_options(removed: bool = False, output: bool = True) -> Callable:
@@ -100,16 +113,16 @@ def stage_options(removed: bool = False, output: bool = True) -> Callable:
                     "--removed", type=click.Path(), help="Write every dropped record here, with its `reason`."
                 )
             )
-        for flag in reversed(flags):
-            wrapper = flag(wrapper)
-        return wrapper
+        return add_options(wrapper, flags)
 
     return decorate
 
 
-def open_stage(name: str, options: StageOptions, emits: bool = True) -> Stage:
+def open_stage(name: str, options: StageOptions, emits: bool = True, rereadable: bool = False) -> Stage:
+    if options.on_error == "skip" and not options.errors:
+        raise click.UsageError("--on-error skip needs --errors PATH (nothing is dropped silently)")
     try:
-        return Stage(name, options, emits)
+        return Stage(name, options, emits, rereadable)
     except ValueError as error:
         raise click.UsageError(str(error)) from None
 
@@ -121,5 +134,8 @@ def run_stage(stage: Stage, work: Callable[[], Any]) -> Any:
             result = work()
     except StreamError as error:
         raise click.ClickException(str(error)) from None
+    except MissingOutput as error:
+        raise click.UsageError(f"this input needs --{error.kind} PATH: some records must go there "
+                               "and nothing is dropped silently") from None
     click.echo(stage.summary(), err=True)
     return result

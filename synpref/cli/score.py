@@ -4,8 +4,9 @@ import os
 
 import click
 
-from synpref.cli.options import open_stage, run_stage, stage_options
-from synpref.score import DEFAULT_RECHECK_MARGIN, DEFAULT_WINDOW
+from synpref.cli.options import max_length_option, open_stage, run_stage, stage_options
+from synpref.engines.reward import DEFAULT_WINDOW
+from synpref.engines.torch_reward import DEFAULT_RECHECK_MARGIN
 
 
 @click.command()
@@ -29,9 +30,7 @@ from synpref.score import DEFAULT_RECHECK_MARGIN, DEFAULT_WINDOW
     "tokens (each pair's conversation once, its replies behind a block mask, attention per pair; 1: one "
     "pair per row), because padding costs as much as real tokens there.",
 )
-@click.option(
-    "--max-length", type=click.IntRange(min=2), help="Truncate longer pairs (see below); default: none."
-)
+@max_length_option("Truncate longer pairs (see below); default: none.")
 @click.option(
     "--quantize",
     type=click.Choice(["bf16"]),
@@ -102,7 +101,8 @@ def score(
         synpref score -m rm/ pairs.jsonl.zst -o scored.jsonl.zst --progress
         synpref score -m gold-rm/ --name gold --engine vllm < pairs.jsonl.zst > scored.jsonl.zst
     """
-    from synpref.score import RewardScorer, score_stage
+    from synpref.engines.reward import RewardScorer
+    from synpref.score import score_stage
 
     stage = open_stage("score", stage_options)
     try:

@@ -1,9 +1,11 @@
-"""Hot loops of `synpref dedupe`, compiled with Numba, each next to a tiny pure-Python reference.
+"""Hot loops of `synpref dedupe`, compiled with Numba, grouped by topic with pure-Python references.
 
-The references (`ref_*`) define what the kernels compute; tests compare the two on real text. All
-kernels work on one flat uint8 buffer of UTF-8 bytes plus int64 offsets, so a whole batch of records
-costs one call from Python. Words are maximal runs of bytes in [a-z0-9] or >= 0x80 (any non-ASCII
-character) of already lower-cased text; punctuation and whitespace separate them.
+The references (`ref_*`) define what the hash and sketch kernels compute, each placed right before
+the kernel it specifies; tests compare the two on real text (the LSH and decontamination kernels are
+checked end to end against datasketch and Python n-gram sets instead). All kernels work on one flat
+uint8 buffer of UTF-8 bytes plus int64 offsets, so a whole batch of records costs one call from
+Python. Words are maximal runs of bytes in [a-z0-9] or >= 0x80 (any non-ASCII character) of already
+lower-cased text; punctuation and whitespace separate them.
 
 Two sketches share the shingle hashes. MinHash (the default) uses datasketch's "affine32"
 permutations (datasketch >= 2.0): the 32-bit shingle hash is pre-mixed with the MurmurHash3
@@ -37,17 +39,23 @@ COPIED = np.uint32(1 << 31)  # one-permutation values are 31-bit; this bit marks
 SEGMENT_BREAK = 0  # byte that separates segments (user turns) in decontamination buffers
 WORD = re.compile(rb"[a-z0-9\x80-\xff]+")
 
-C1 = np.uint64(0x87C37B91114253D5)
-C2 = np.uint64(0x4CF5AD432745937F)
 
-
-# -- pure-Python references ------------------------------------------------------------------------
+# -- hash finalizers (MurmurHash3 fmix64 and fmix32) -----------------------------------------------
 def ref_fmix64(value: int) -> int:
     value ^= value >> 33
     value = (value * 0xFF51AFD7ED558CCD) & MASK64
     value ^= value >> 33
     value = (value * 0xC4CEB9FE1A85EC53) & MASK64
     return value ^ (value >> 33)
+
+
+@njit(cache=True, inline="always")
+def fmix64(value: np.uint64) -> np.uint64:
+    value ^= value >> np.uint64(33)
+    value *= np.uint64(0xFF51AFD7ED558CCD)
+    value ^= value >> np.uint64(33)
+    value *= np.uint64(0xC4CEB9FE1A85EC53)
+    return value ^ (value >> np.uint64(33))
 
 
 def ref_fmix32(value: int) -> int:
@@ -58,6 +66,16 @@ def ref_fmix32(value: int) -> int:
     return value ^ (value >> 16)
 
 
+@njit(cache=True, inline="always")
+def fmix32(value: np.uint32) -> np.uint32:
+    value = np.uint32(value ^ (value >> np.uint32(16)))
+    value = np.uint32(value * np.uint32(0x85EBCA6B))
+    value = np.uint32(value ^ (value >> np.uint32(13)))
+    value = np.uint32(value * np.uint32(0xC2B2AE35))
+    return np.uint32(value ^ (value >> np.uint32(16)))
+
+
+# -- words and shingles: word hashes, n-gram hashes ------------------------------------------------
 def ref_words(text: bytes) -> list[bytes]:
     return WORD.findall(text)
 
@@ -72,136 +90,6 @@ def ref_word_hash(word: bytes) -> int:
     value ^= int.from_bytes(word[full:], "little") ^ (len(word) << 56 & MASK64)
     value = (value * 0xFF51AFD7ED558CCD) & MASK64
     return value ^ (value >> 32)
-
-
-def ref_gram_hash(words: list[bytes]) -> int:
-    """64-bit hash of a word sequence: a polynomial in the word hashes, then mixed."""
-    value = 0
-    for word in words:
-        value = (value * SHINGLE_BASE + ref_word_hash(word)) & MASK64
-    return ref_fmix64(value)
-
-
-def ref_shingles(text: bytes, ngram: int) -> list[bytes]:
-    """Word n-grams joined by spaces; a text shorter than n words is one shingle (none if no words)."""
-    words = ref_words(text)
-    if len(words) < ngram:
-        return [b" ".join(words)] if words else []
-    return [b" ".join(words[i : i + ngram]) for i in range(len(words) - ngram + 1)]
-
-
-def ref_shingle_hash32(shingle: bytes) -> int:
-    """The 32-bit shingle hash the MinHash kernel feeds to the permutations (datasketch hashfunc)."""
-    return ref_gram_hash(shingle.split(b" ")) >> 32
-
-
-def ref_minhash(text: bytes, ngram: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    signature = np.full(len(a), MASK32, dtype=np.uint64)
-    for shingle in set(ref_shingles(text, ngram)):
-        mixed = ref_fmix32(ref_shingle_hash32(shingle))
-        signature = np.minimum(signature, (a.astype(np.uint64) * mixed + b.astype(np.uint64)) & MASK32)
-    return signature.astype(np.uint32)
-
-
-def salt(seed: int) -> int:
-    """The 64-bit value a one-permutation sketch mixes into every shingle hash, from --seed."""
-    return seed * SHINGLE_BASE & MASK64
-
-
-def ref_bin(value: int, bins: int) -> int:
-    """Bin of a mixed 64-bit hash: its high 32 bits scaled to [0, bins) (multiply-shift, no modulo)."""
-    return ((value >> 32) * bins) >> 32
-
-
-def ref_one_permutation(text: bytes, ngram: int, bins: int, seed: int) -> np.ndarray:
-    """One-permutation hashing with optimal densification (see the module docstring)."""
-    mixed_salt = salt(seed)
-    minima: list[int | None] = [None] * bins
-    for shingle in set(ref_shingles(text, ngram)):
-        mixed = ref_fmix64(ref_gram_hash(shingle.split(b" ")) ^ mixed_salt)
-        index, value = ref_bin(mixed, bins), (mixed & MASK32) >> 1
-        minima[index] = value if minima[index] is None else min(minima[index], value)
-    signature = np.full(bins, MASK32, dtype=np.uint32)
-    if all(value is None for value in minima):
-        return signature
-    for index in range(bins):
-        attempt, source = 0, index
-        while minima[source] is None:
-            attempt += 1
-            source = ref_bin(ref_fmix64((index << 32) ^ attempt ^ mixed_salt), bins)
-        signature[index] = minima[source]
-    return signature
-
-
-def ref_murmur3_128(data: bytes, seed: int = 0) -> tuple[int, int]:
-    """MurmurHash3_x64_128 (Austin Appleby), the exact-dedup key hash."""
-
-    def rotl(x: int, r: int) -> int:
-        return ((x << r) | (x >> (64 - r))) & MASK64
-
-    c1, c2 = int(C1), int(C2)
-    h1 = h2 = seed
-    blocks = len(data) // 16
-    for i in range(blocks):
-        k1 = int.from_bytes(data[16 * i : 16 * i + 8], "little")
-        k2 = int.from_bytes(data[16 * i + 8 : 16 * i + 16], "little")
-        k1 = (rotl((k1 * c1) & MASK64, 31) * c2) & MASK64
-        h1 ^= k1
-        h1 = (rotl(h1, 27) + h2) & MASK64
-        h1 = (h1 * 5 + 0x52DCE729) & MASK64
-        k2 = (rotl((k2 * c2) & MASK64, 33) * c1) & MASK64
-        h2 ^= k2
-        h2 = (rotl(h2, 31) + h1) & MASK64
-        h2 = (h2 * 5 + 0x38495AB5) & MASK64
-    tail = data[16 * blocks :]
-    k1 = int.from_bytes(tail[:8], "little")
-    k2 = int.from_bytes(tail[8:], "little")
-    if len(tail) > 8:
-        h2 ^= (rotl((k2 * c2) & MASK64, 33) * c1) & MASK64
-    if len(tail) > 0:
-        h1 ^= (rotl((k1 * c1) & MASK64, 31) * c2) & MASK64
-    h1 ^= len(data)
-    h2 ^= len(data)
-    h1 = (h1 + h2) & MASK64
-    h2 = (h2 + h1) & MASK64
-    h1, h2 = ref_fmix64(h1), ref_fmix64(h2)
-    h1 = (h1 + h2) & MASK64
-    h2 = (h2 + h1) & MASK64
-    return h1, h2
-
-
-def permutations(num_perm: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """(a, b) as datasketch's affine32 scheme draws them for the same seed."""
-    generator = np.random.RandomState(seed)
-    a = generator.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
-    b = generator.randint(0, 1 << 32, num_perm, dtype=np.uint32)
-    return a, b
-
-
-# -- Numba kernels ---------------------------------------------------------------------------------
-@njit(cache=True, inline="always")
-def fmix64(value: np.uint64) -> np.uint64:
-    value ^= value >> np.uint64(33)
-    value *= np.uint64(0xFF51AFD7ED558CCD)
-    value ^= value >> np.uint64(33)
-    value *= np.uint64(0xC4CEB9FE1A85EC53)
-    return value ^ (value >> np.uint64(33))
-
-
-@njit(cache=True, inline="always")
-def word_mix(value: np.uint64) -> np.uint64:
-    """One multiply and a fold: enough for word hashes, which the n-gram hash mixes again."""
-    value *= np.uint64(0xFF51AFD7ED558CCD)
-    return value ^ (value >> np.uint64(32))
-
-
-@njit(cache=True, inline="always")
-def fmix32(value: np.uint32) -> np.uint32:
-    value = np.uint32(value ^ (value >> np.uint32(16)))
-    value = np.uint32(value * np.uint32(0x85EBCA6B))
-    value = np.uint32(value ^ (value >> np.uint32(13)))
-    value = np.uint32(value * np.uint32(0xC2B2AE35))
-    return np.uint32(value ^ (value >> np.uint32(16)))
 
 
 @intrinsic
@@ -255,6 +143,13 @@ def _word_mask64(typingctx, buffer, position):
 def _low_bytes(chunk: np.uint64, count: int) -> np.uint64:
     """The low `count` (0..7) bytes of chunk."""
     return chunk & ((np.uint64(1) << np.uint64(8 * count)) - np.uint64(1))
+
+
+@njit(cache=True, inline="always")
+def word_mix(value: np.uint64) -> np.uint64:
+    """One multiply and a fold: enough for word hashes, which the n-gram hash mixes again."""
+    value *= np.uint64(0xFF51AFD7ED558CCD)
+    return value ^ (value >> np.uint64(32))
 
 
 @njit(cache=True, inline="always")
@@ -320,6 +215,14 @@ def word_hashes(buffer: np.ndarray, start: int, end: int, out: np.ndarray) -> in
     return begun
 
 
+def ref_gram_hash(words: list[bytes]) -> int:
+    """64-bit hash of a word sequence: a polynomial in the word hashes, then mixed."""
+    value = 0
+    for word in words:
+        value = (value * SHINGLE_BASE + ref_word_hash(word)) & MASK64
+    return ref_fmix64(value)
+
+
 @njit(cache=True)
 def gram_hashes(words: np.ndarray, count: int, ngram: int, out: np.ndarray) -> int:
     """Polynomial over `ngram` consecutive word hashes, mixed; one gram if count < ngram.
@@ -339,6 +242,36 @@ def gram_hashes(words: np.ndarray, count: int, ngram: int, out: np.ndarray) -> i
     for i in range(made):
         out[i] = fmix64(out[i])
     return made
+
+
+def ref_shingles(text: bytes, ngram: int) -> list[bytes]:
+    """Word n-grams joined by spaces; a text shorter than n words is one shingle (none if no words)."""
+    words = ref_words(text)
+    if len(words) < ngram:
+        return [b" ".join(words)] if words else []
+    return [b" ".join(words[i : i + ngram]) for i in range(len(words) - ngram + 1)]
+
+
+# -- MinHash: datasketch's affine32 permutations ---------------------------------------------------
+def permutations(num_perm: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b) as datasketch's affine32 scheme draws them for the same seed."""
+    generator = np.random.RandomState(seed)
+    a = generator.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = generator.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return a, b
+
+
+def ref_shingle_hash32(shingle: bytes) -> int:
+    """The 32-bit shingle hash the MinHash kernel feeds to the permutations (datasketch hashfunc)."""
+    return ref_gram_hash(shingle.split(b" ")) >> 32
+
+
+def ref_minhash(text: bytes, ngram: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    signature = np.full(len(a), MASK32, dtype=np.uint64)
+    for shingle in set(ref_shingles(text, ngram)):
+        mixed = ref_fmix32(ref_shingle_hash32(shingle))
+        signature = np.minimum(signature, (a.astype(np.uint64) * mixed + b.astype(np.uint64)) & MASK32)
+    return signature.astype(np.uint32)
 
 
 @njit(cache=True, inline="always")
@@ -370,9 +303,40 @@ def _minhash_row(grams: np.ndarray, count: int, a: np.ndarray, b: np.ndarray, mi
         g += 1
 
 
+# -- one-permutation hashing with optimal densification --------------------------------------------
+def salt(seed: int) -> int:
+    """The 64-bit value a one-permutation sketch mixes into every shingle hash, from --seed."""
+    return seed * SHINGLE_BASE & MASK64
+
+
+def ref_bin(value: int, bins: int) -> int:
+    """Bin of a mixed 64-bit hash: its high 32 bits scaled to [0, bins) (multiply-shift, no modulo)."""
+    return ((value >> 32) * bins) >> 32
+
+
 @njit(cache=True, inline="always")
 def _bin(value: np.uint64, bins: int) -> int:
     return np.int64(((value >> np.uint64(32)) * np.uint64(bins)) >> np.uint64(32))
+
+
+def ref_one_permutation(text: bytes, ngram: int, bins: int, seed: int) -> np.ndarray:
+    """One-permutation hashing with optimal densification (see the module docstring)."""
+    mixed_salt = salt(seed)
+    minima: list[int | None] = [None] * bins
+    for shingle in set(ref_shingles(text, ngram)):
+        mixed = ref_fmix64(ref_gram_hash(shingle.split(b" ")) ^ mixed_salt)
+        index, value = ref_bin(mixed, bins), (mixed & MASK32) >> 1
+        minima[index] = value if minima[index] is None else min(minima[index], value)
+    signature = np.full(bins, MASK32, dtype=np.uint32)
+    if all(value is None for value in minima):
+        return signature
+    for index in range(bins):
+        attempt, source = 0, index
+        while minima[source] is None:
+            attempt += 1
+            source = ref_bin(ref_fmix64((index << 32) ^ attempt ^ mixed_salt), bins)
+        signature[index] = minima[source]
+    return signature
 
 
 @njit(cache=True, boundscheck=False)
@@ -402,6 +366,7 @@ def _one_permutation_row(grams: np.ndarray, count: int, mixed_salt: np.uint64, m
         minima[index] &= ~COPIED
 
 
+# -- signatures of a batch of texts (either sketch) ------------------------------------------------
 @njit(cache=True)
 def sketch_batch(
     buffer: np.ndarray,
@@ -433,35 +398,46 @@ def sketch_batch(
     return counts
 
 
-@njit(cache=True)
-def shingle_hash_batch(buffer: np.ndarray, offsets: np.ndarray, ngram: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every text's 64-bit shingle hashes in one flat array with row offsets (what sketch_batch
-    feeds its sketches; for benchmarks that hand the same shingles to a peer)."""
-    records = offsets.shape[0] - 1
-    flat = np.empty(offsets[records] - offsets[0] + records, dtype=np.uint64)
-    rows = np.zeros(records + 1, dtype=np.int64)
-    words = np.empty(flat.shape[0], dtype=np.uint64)
-    for i in range(records):
-        count = word_hashes(buffer, offsets[i], offsets[i + 1], words)
-        rows[i + 1] = rows[i] + gram_hashes(words, count, ngram, flat[rows[i] :])
-    return flat[: rows[records]], rows
+# -- MurmurHash3_x64_128: the exact-dedup key ------------------------------------------------------
+C1 = np.uint64(0x87C37B91114253D5)
+C2 = np.uint64(0x4CF5AD432745937F)
 
 
-@njit(cache=True)
-def minhash_from_hashes(
-    flat: np.ndarray, rows: np.ndarray, a: np.ndarray, b: np.ndarray, signatures: np.ndarray
-) -> None:
-    for i in range(rows.shape[0] - 1):
-        _minhash_row(flat[rows[i] : rows[i + 1]], rows[i + 1] - rows[i], a, b, signatures[i])
+def ref_murmur3_128(data: bytes, seed: int = 0) -> tuple[int, int]:
+    """MurmurHash3_x64_128 (Austin Appleby), the exact-dedup key hash."""
 
+    def rotl(x: int, r: int) -> int:
+        return ((x << r) | (x >> (64 - r))) & MASK64
 
-@njit(cache=True)
-def one_permutation_from_hashes(
-    flat: np.ndarray, rows: np.ndarray, mixed_salt: np.uint64, signatures: np.ndarray
-) -> None:
-    scratch = np.empty(max(1, np.max(np.diff(rows))), dtype=np.uint64)
-    for i in range(rows.shape[0] - 1):
-        _one_permutation_row(flat[rows[i] : rows[i + 1]], rows[i + 1] - rows[i], mixed_salt, signatures[i], scratch)
+    c1, c2 = int(C1), int(C2)
+    h1 = h2 = seed
+    blocks = len(data) // 16
+    for i in range(blocks):
+        k1 = int.from_bytes(data[16 * i : 16 * i + 8], "little")
+        k2 = int.from_bytes(data[16 * i + 8 : 16 * i + 16], "little")
+        k1 = (rotl((k1 * c1) & MASK64, 31) * c2) & MASK64
+        h1 ^= k1
+        h1 = (rotl(h1, 27) + h2) & MASK64
+        h1 = (h1 * 5 + 0x52DCE729) & MASK64
+        k2 = (rotl((k2 * c2) & MASK64, 33) * c1) & MASK64
+        h2 ^= k2
+        h2 = (rotl(h2, 31) + h1) & MASK64
+        h2 = (h2 * 5 + 0x38495AB5) & MASK64
+    tail = data[16 * blocks :]
+    k1 = int.from_bytes(tail[:8], "little")
+    k2 = int.from_bytes(tail[8:], "little")
+    if len(tail) > 8:
+        h2 ^= (rotl((k2 * c2) & MASK64, 33) * c1) & MASK64
+    if len(tail) > 0:
+        h1 ^= (rotl((k1 * c1) & MASK64, 31) * c2) & MASK64
+    h1 ^= len(data)
+    h2 ^= len(data)
+    h1 = (h1 + h2) & MASK64
+    h2 = (h2 + h1) & MASK64
+    h1, h2 = ref_fmix64(h1), ref_fmix64(h2)
+    h1 = (h1 + h2) & MASK64
+    h2 = (h2 + h1) & MASK64
+    return h1, h2
 
 
 @njit(cache=True)
@@ -516,6 +492,7 @@ def hash128_batch(buffer: np.ndarray, offsets: np.ndarray, out: np.ndarray) -> N
         out[i, 1] = h2
 
 
+# -- LSH bands, candidate pairs and union-find -----------------------------------------------------
 @njit(cache=True)
 def band_hashes(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """One 64-bit hash per (record, band) of the band's `rows` signature values."""
@@ -527,6 +504,88 @@ def band_hashes(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
                 value = fmix64(value ^ np.uint64(signatures[i, row]))
             out[i, band] = value
     return out
+
+
+@njit(cache=True)
+def _find(parent: np.ndarray, i: int) -> int:
+    root = i
+    while parent[root] != root:
+        root = parent[root]
+    while parent[i] != root:  # path compression
+        parent[i], i = root, parent[i]
+    return root
+
+
+@njit(cache=True)
+def _union(parent: np.ndarray, i: int, j: int) -> None:
+    """Union by smaller index: the root of a component is its first record."""
+    ri = _find(parent, i)
+    rj = _find(parent, j)
+    if ri < rj:
+        parent[rj] = ri
+    elif rj < ri:
+        parent[ri] = rj
+
+
+@njit(cache=True)
+def roots(parent: np.ndarray) -> np.ndarray:
+    out = np.empty(parent.shape[0], dtype=parent.dtype)
+    for i in range(parent.shape[0]):
+        out[i] = _find(parent, i)
+    return out
+
+
+@njit(cache=True)
+def confirm_bucket_pairs(
+    order: np.ndarray,
+    band: np.ndarray,
+    signatures: np.ndarray,
+    threshold: float,
+    parent: np.ndarray,
+    edges_out: np.ndarray,
+    record_pairs: bool,
+) -> int:
+    """Walk one band's records sorted by band hash; within each bucket compare pairs by estimated
+    Jaccard and union the confirmed ones. Without `record_pairs`, pairs already in one component are
+    skipped (same components, far fewer comparisons); with it, every confirmed pair is written to
+    edges_out (growing is the caller's job: returns -1 when full)."""
+    num_perm = signatures.shape[1]
+    needed = int(np.ceil(threshold * num_perm - 1e-9))
+    written = 0
+    start = 0
+    total = order.shape[0]
+    while start < total:
+        stop = start + 1
+        while stop < total and band[order[stop]] == band[order[start]]:
+            stop += 1
+        for x in range(start, stop):
+            i = order[x]
+            for y in range(x + 1, stop):
+                j = order[y]
+                if not record_pairs and _find(parent, i) == _find(parent, j):
+                    continue
+                same = 0
+                for k in range(num_perm):
+                    if signatures[i, k] == signatures[j, k]:
+                        same += 1
+                if same >= needed:
+                    _union(parent, i, j)
+                    if record_pairs:
+                        if written >= edges_out.shape[0]:
+                            return -1
+                        edges_out[written, 0] = min(i, j)
+                        edges_out[written, 1] = max(i, j)
+                        written += 1
+        start = stop
+    return written
+
+
+@njit(cache=True)
+def compact_rows(matrix: np.ndarray, keep: np.ndarray) -> None:
+    """matrix[:len(keep)] = matrix[keep] in place (keep ascending), without a second matrix."""
+    for target in range(keep.shape[0]):
+        if keep[target] != target:
+            matrix[target] = matrix[keep[target]]
 
 
 # -- decontamination: an open-addressing table of n-gram hashes ------------------------------------
@@ -622,80 +681,6 @@ def table_lookup_batch(
 
 
 @njit(cache=True)
-def confirm_bucket_pairs(
-    order: np.ndarray,
-    band: np.ndarray,
-    signatures: np.ndarray,
-    threshold: float,
-    parent: np.ndarray,
-    edges_out: np.ndarray,
-    record_pairs: bool,
-) -> int:
-    """Walk one band's records sorted by band hash; within each bucket compare pairs by estimated
-    Jaccard and union the confirmed ones. Without `record_pairs`, pairs already in one component are
-    skipped (same components, far fewer comparisons); with it, every confirmed pair is written to
-    edges_out (growing is the caller's job: returns -1 when full)."""
-    num_perm = signatures.shape[1]
-    needed = int(np.ceil(threshold * num_perm - 1e-9))
-    written = 0
-    start = 0
-    total = order.shape[0]
-    while start < total:
-        stop = start + 1
-        while stop < total and band[order[stop]] == band[order[start]]:
-            stop += 1
-        for x in range(start, stop):
-            i = order[x]
-            for y in range(x + 1, stop):
-                j = order[y]
-                if not record_pairs and _find(parent, i) == _find(parent, j):
-                    continue
-                same = 0
-                for k in range(num_perm):
-                    if signatures[i, k] == signatures[j, k]:
-                        same += 1
-                if same >= needed:
-                    _union(parent, i, j)
-                    if record_pairs:
-                        if written >= edges_out.shape[0]:
-                            return -1
-                        edges_out[written, 0] = min(i, j)
-                        edges_out[written, 1] = max(i, j)
-                        written += 1
-        start = stop
-    return written
-
-
-@njit(cache=True)
-def _find(parent: np.ndarray, i: int) -> int:
-    root = i
-    while parent[root] != root:
-        root = parent[root]
-    while parent[i] != root:  # path compression
-        parent[i], i = root, parent[i]
-    return root
-
-
-@njit(cache=True)
-def _union(parent: np.ndarray, i: int, j: int) -> None:
-    """Union by smaller index: the root of a component is its first record."""
-    ri = _find(parent, i)
-    rj = _find(parent, j)
-    if ri < rj:
-        parent[rj] = ri
-    elif rj < ri:
-        parent[ri] = rj
-
-
-@njit(cache=True)
-def roots(parent: np.ndarray) -> np.ndarray:
-    out = np.empty(parent.shape[0], dtype=parent.dtype)
-    for i in range(parent.shape[0]):
-        out[i] = _find(parent, i)
-    return out
-
-
-@njit(cache=True)
 def table_reinsert(
     old_keys: np.ndarray, old_values: np.ndarray, keys: np.ndarray, values: np.ndarray
 ) -> None:
@@ -703,11 +688,3 @@ def table_reinsert(
         slot = _slot(keys, old_keys[i])
         keys[slot] = old_keys[i]
         values[slot] = old_values[i]
-
-
-@njit(cache=True)
-def compact_rows(matrix: np.ndarray, keep: np.ndarray) -> None:
-    """matrix[:len(keep)] = matrix[keep] in place (keep ascending), without a second matrix."""
-    for target in range(keep.shape[0]):
-        if keep[target] != target:
-            matrix[target] = matrix[keep[target]]

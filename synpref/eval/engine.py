@@ -15,7 +15,7 @@ def reward_function(path: str, engine: str = "torch", batch_tokens: int | None =
 
     def rewards(groups: list) -> list[list[float]]:
         if not loaded:
-            from synpref.score import RewardScorer
+            from synpref.engines.reward import RewardScorer
 
             # batch_tokens None: the scorer's own default for its device, as `synpref score` uses
             loaded.append(RewardScorer(path, engine=engine, batch_tokens=batch_tokens, max_length=max_length))

@@ -15,8 +15,8 @@ import numpy as np
 
 from synpref.eval.bootstrap import RESAMPLES, interval, stratified_means
 from synpref.eval.report import ModelResult, Report, Row
+from synpref.models.reward import sigmoid
 from synpref.records import Message, Record, is_pair
-from synpref.score import sigmoid
 
 RewardFn = Callable[[list[tuple[list[Message], list[str]]]], list[list[float]]]  # groups -> rewards per reply
 LENGTH_BASELINE = "length-baseline"

@@ -8,6 +8,7 @@ import os
 import re
 
 from synpref.eval.report import Report, row_names
+from synpref.io import AtomicFile
 
 
 def _pyplot():
@@ -19,6 +20,15 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(plt, fig, path: str) -> None:
+    """PNG to PATH through an atomic file: a killed run leaves no half-written image."""
+    try:
+        with AtomicFile(path) as handle:
+            fig.savefig(handle, format="png", dpi=120)
+    finally:
+        plt.close(fig)
 
 
 def _slug(text: str) -> str:
@@ -57,8 +67,7 @@ def subset_bars(report: Report, path: str) -> str:
     ax.set_title(f"{report.benchmark}", fontsize=11)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
     return path
 
 
@@ -80,8 +89,7 @@ def rmbench_heatmaps(report: Report, path: str) -> str:
         ax.set_ylabel("chosen response style")
         ax.set_title(f"{model}\n(upper right = hard, diagonal = normal)", fontsize=9)
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
     return path
 
 
@@ -104,8 +112,7 @@ def best_of_k_curves(report: Report, path: str) -> str:
         ax.set_title(benchmark, fontsize=10)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
     return path
 
 

@@ -7,8 +7,13 @@ A `Report` is plain data (JSON round-trips, so SLURM array tasks write one repor
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import orjson
+
+from synpref.io import write_atomic
 
 
 @dataclass
@@ -55,6 +60,29 @@ class Report:
             for name, result in data["models"].items()
         }
         return cls(data["benchmark"], data["rule"], models, list(data.get("notes", [])))
+
+
+def report_json(report: Report) -> bytes:
+    """The report as indented JSON (what report.json holds and `--json` prints)."""
+    return orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+
+
+def read_report(path: str) -> Report:
+    """A report.json written by `save_report`."""
+    with open(path, "rb") as handle:
+        return Report.from_dict(orjson.loads(handle.read()))
+
+
+def save_report(report: Report, directory: str) -> list[str]:
+    """Write report.json, report.md and the PNG plots into DIRECTORY, each file atomically; returns
+    the names written (the plots need matplotlib, the optional `eval` extra)."""
+    from synpref.eval.plots import write_plots
+
+    os.makedirs(directory, exist_ok=True)
+    images = write_plots(report, directory)
+    write_atomic(os.path.join(directory, "report.json"), report_json(report))
+    write_atomic(os.path.join(directory, "report.md"), format_markdown(report, images).encode())
+    return ["report.json", "report.md", *images]
 
 
 def _row_dict(row: Row) -> dict[str, Any]:

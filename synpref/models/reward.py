@@ -8,6 +8,7 @@ Nothing is ever fetched from a hub: a missing path is an error.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -124,7 +125,7 @@ def init_reward_model(
     )
     if missing or unexpected:
         raise ValueError(f"backbone weights do not match: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    head = _head(model)
+    head = reward_head(model)
     with torch.no_grad():
         generator = torch.Generator().manual_seed(seed)
         head.weight.normal_(0.0, getattr(config, "initializer_range", 0.02), generator=generator)
@@ -137,7 +138,7 @@ def init_reward_model(
     return out
 
 
-def _head(model: Any) -> Any:
+def reward_head(model: Any) -> Any:
     """The scalar head of a sequence-classification model (`score` in Llama/Qwen/Mistral-style models)."""
     head = getattr(model, "score", None)
     if head is None:
@@ -145,3 +146,11 @@ def _head(model: Any) -> Any:
             f"{type(model).__name__} has no `score` head; synpref supports decoder reward models"
         )
     return head
+
+
+def sigmoid(value: float) -> float:
+    """The Bradley-Terry probability of a reward gap, p = 1 / (1 + e^-gap), without overflow."""
+    if value >= 0:
+        return 1.0 / (1.0 + math.exp(-value))
+    small = math.exp(value)
+    return small / (1.0 + small)

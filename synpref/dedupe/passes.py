@@ -1,23 +1,20 @@
-"""The dedupe pipeline as three passes that merge by files, and the one-process run built from them.
+"""The dedupe decisions as three passes, and the one-process run built from them.
 
-    signatures (per shard)  ->  clusters (once)  ->  filter (per shard)
+    scan (signatures, per shard)  ->  decide (clusters, once)  ->  apply (filter, per shard)
 
 `scan` turns records into fixed-size facts (content status, benchmark match, 128-bit exact key,
 MinHash signature, id) keyed by each record's position in the concatenated input; `decide` sorts all
 facts by position and picks every record's fate; `apply` re-reads records and routes them to kept or
 --removed. Because the decision only depends on the facts sorted by position, N shards give exactly
 what one process gives. Texts are never held: the one-process run reads its inputs twice (stdin is
-spooled to a temporary zstd file).
+spooled to a temporary zstd file). `synpref.dedupe.workdir` stores the passes' results in a work
+folder for the sharded cluster mode; `dedupe_records` is the whole stage over records in memory.
 """
 
 from __future__ import annotations
 
-import glob
-import json
 import os
-import re
-import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,13 +23,12 @@ import numpy as np
 from synpref.dedupe.decontaminate import BenchmarkIndex, user_turns_text
 from synpref.dedupe.exact import KEYS, key_hashes, normalized_key
 from synpref.dedupe.minhash import MinHashParams, components, shingle_text, signatures
-from synpref.io import RecordWriter, Shard, StreamError, read_json_records
+from synpref.io import StreamError
 from synpref.records import Record, pair_problems
-from synpref.stage import Stage
+from synpref.stage import Stage, Verdict
 
 KEPT, CONTENT, CONTAMINATED, EXACT, NEAR = range(5)
 BATCH = 2048
-FORMAT = "synpref-dedupe/1"
 
 
 @dataclass
@@ -66,30 +62,6 @@ class DedupeConfig:
         }
 
 
-class PositionedStage(Stage):
-    """A Stage that hands out each record with its input position (`Stage.position`) and can
-    re-read its inputs without reporting bad lines again."""
-
-    def __init__(self, name: str, options, emits: bool = True, report_errors: bool = True):
-        super().__init__(name, options, emits)
-        self.report_errors = report_errors
-
-    def _divert(self, error: StreamError, raw) -> None:
-        if self.report_errors:
-            super()._divert(error, raw)
-        else:
-            self.counts["errors"] += 1
-
-    def positioned(self) -> Iterator[tuple[int, Record]]:
-        for record in self.records():
-            yield self.position, record
-
-    def positioned_with_bytes(self) -> Iterator[tuple[int, Record, bytes | None]]:
-        """Like positioned(), plus the input line when the record is unchanged (written as is)."""
-        for record, original in self.records_with_bytes():
-            yield self.position, record, original
-
-
 @dataclass
 class Facts:
     """What the clusters pass needs about each record, in input order; no texts."""
@@ -113,7 +85,7 @@ class Facts:
         positions = np.concatenate([part.positions for part in parts])
         order = np.argsort(positions, kind="stable")
         ids = [part.record_id(row) for part in parts for row in range(len(part.positions))]
-        blob, offsets = _pack_ids([ids[i] for i in order])
+        blob, offsets = pack_ids([ids[i] for i in order])
         sigs = np.concatenate([np.concatenate(part.sig_chunks) for part in parts])[order] if parts else None
         return cls(
             positions[order],
@@ -128,7 +100,7 @@ class Facts:
         )
 
 
-def _pack_ids(ids: list[str]) -> tuple[bytes, np.ndarray]:
+def pack_ids(ids: list[str]) -> tuple[bytes, np.ndarray]:
     encoded = [text.encode("utf-8", "surrogatepass") for text in ids]
     offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
     np.cumsum([len(item) for item in encoded], out=offsets[1:])
@@ -165,12 +137,11 @@ class _SignatureStore:
 
 
 def scan(
-    records: Iterable[tuple[int, Record]],
+    records: Iterable[tuple[int, Record, bytes | None]],
     config: DedupeConfig,
     benchmark: BenchmarkIndex | None = None,
-    spool: RecordWriter | None = None,
 ) -> Facts:
-    """Pass 1: the facts of every (position, record); with `spool`, the records are also copied there."""
+    """Pass 1: the facts of every (position, record, input line) of `Stage.positioned()`."""
     columns: dict[str, list] = {
         name: [] for name in ("positions", "status", "benchmark", "hashes", "shingles", "lengths")
     }
@@ -206,9 +177,7 @@ def scan(
             id_ends.append(len(ids))
         batch.clear()
 
-    for position, record in records:
-        if spool is not None:
-            spool.write(record)
+    for position, record, _ in records:
         batch.append((position, record))
         if len(batch) >= BATCH:
             flush()
@@ -310,30 +279,33 @@ def decide(facts: Facts, config: DedupeConfig, benchmarks: list[tuple[str, str]]
     return Decisions(positions, reason, ref, ref_ids, list(benchmarks or []))
 
 
+def verdict(decisions: Decisions, position: int, record: Record) -> Verdict:
+    """The fate of the record at POSITION, with its reason and the id it duplicates."""
+    row = int(np.searchsorted(decisions.positions, position))
+    if row >= decisions.positions.shape[0] or decisions.positions[row] != position:
+        raise StreamError(
+            "input",
+            None,
+            f"record {record.get('id')!r} at position {position} has no decision: "
+            "the inputs changed since the signatures pass",
+        )
+    reason, ref = int(decisions.reason[row]), int(decisions.ref[row])
+    if reason == KEPT:
+        return Verdict(True)
+    if reason == CONTENT:
+        problems = pair_problems(record)
+        return Verdict(False, problems[0], {"problems": problems} if len(problems) > 1 else {})
+    if reason == CONTAMINATED:
+        benchmark_id, benchmark_file = decisions.benchmarks[ref]
+        return Verdict(False, "contaminated", {"benchmark_id": benchmark_id, "benchmark_file": benchmark_file})
+    name = "exact_duplicate" if reason == EXACT else "near_duplicate"
+    return Verdict(False, name, {"duplicate_of": decisions.ref_ids[ref]})
+
+
 def apply(records: Iterable[tuple[int, Record, bytes | None]], decisions: Decisions, stage: Stage) -> None:
-    """Pass 3: route every (position, record, original line or None) to kept or --removed."""
+    """Pass 3: route every (position, record, original line or None) to kept or removed."""
     for position, record, original in records:
-        row = int(np.searchsorted(decisions.positions, position))
-        if row >= decisions.positions.shape[0] or decisions.positions[row] != position:
-            raise StreamError(
-                "input",
-                None,
-                f"record {record.get('id')!r} at position {position} has no decision: "
-                "the inputs changed since the signatures pass",
-            )
-        reason, ref = int(decisions.reason[row]), int(decisions.ref[row])
-        if reason == KEPT:
-            stage.emit(record, original)
-        elif reason == CONTENT:
-            problems = pair_problems(record)
-            details = {"problems": problems} if len(problems) > 1 else {}
-            stage.remove(record, problems[0], **details)
-        elif reason == CONTAMINATED:
-            benchmark_id, benchmark_file = decisions.benchmarks[ref]
-            stage.remove(record, "contaminated", benchmark_id=benchmark_id, benchmark_file=benchmark_file)
-        else:
-            name = "exact_duplicate" if reason == EXACT else "near_duplicate"
-            stage.remove(record, name, duplicate_of=decisions.ref_ids[ref])
+        stage.route(record, verdict(decisions, position, record), original)
 
 
 def load_benchmarks(config: DedupeConfig) -> BenchmarkIndex | None:
@@ -342,176 +314,19 @@ def load_benchmarks(config: DedupeConfig) -> BenchmarkIndex | None:
     return BenchmarkIndex.from_files(config.decontaminate, config.decontaminate_ngram)
 
 
-def dedupe(stage: PositionedStage, config: DedupeConfig) -> Decisions:
-    """The one-process run: scan, decide, then re-read the inputs (or the stdin spool) and route."""
+def dedupe(stage: Stage, config: DedupeConfig) -> Decisions:
+    """The one-process run: scan, decide, then read the inputs again and route. The Stage must be
+    opened with `rereadable=True`."""
     benchmark = load_benchmarks(config)
-    inputs = stage.options.inputs or ["-"]
-    spool_path = None
-    spool = None
-    try:
-        if "-" in inputs:
-            handle, spool_path = tempfile.mkstemp(prefix="synpref-dedupe-", suffix=".jsonl.zst")
-            os.close(handle)
-            spool = RecordWriter(spool_path, level=1, threads=0)
-        facts = scan(stage.positioned(), config, benchmark, spool)
-        if spool is not None:
-            spool.close()
-        decisions = decide(facts, config, benchmark.names if benchmark else None)
-        del facts
-        if spool_path is not None:
-            replay: Iterable[tuple[int, Record, bytes | None]] = (
-                (position, record, None)
-                for position, record in zip(
-                    decisions.positions.tolist(), read_json_records(spool_path), strict=True
-                )
-            )
-        else:
-            again = PositionedStage(stage.name, stage.options, emits=False, report_errors=False)
-            replay = again.positioned_with_bytes()
-        apply(replay, decisions, stage)
-    finally:
-        if spool_path is not None and os.path.exists(spool_path):
-            os.unlink(spool_path)
+    decisions = decide(scan(stage.positioned(), config, benchmark), config, benchmark.names if benchmark else None)
+    apply(stage.reread(), decisions, stage)
     return decisions
 
 
-# -- cluster mode files ----------------------------------------------------------------------------
-def signatures_path(work: str, shard: Shard) -> str:
-    return os.path.join(work, f"signatures-{shard.index:05d}-of-{shard.count:05d}.npz")
-
-
-def decisions_path(work: str) -> str:
-    return os.path.join(work, "decisions.npz")
-
-
-def _save(path: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-    """Atomic like every synpref output: a half-written file never carries the final name."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    handle, temp = tempfile.mkstemp(
-        prefix=".partial-", suffix=".npz", dir=os.path.dirname(os.path.abspath(path))
-    )
-    try:
-        with os.fdopen(handle, "wb") as out:
-            np.savez(out, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
-
-
-def _load(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    with np.load(path) as data:
-        arrays = {name: data[name] for name in data.files}
-    meta = json.loads(arrays.pop("meta").tobytes())
-    if meta.get("format") != FORMAT:
-        raise StreamError(path, None, f"not a {FORMAT} file")
-    return arrays, meta
-
-
-def write_signatures(stage: PositionedStage, config: DedupeConfig, work: str, shard: Shard) -> Facts:
-    """Cluster pass 1 for one shard."""
-    benchmark = load_benchmarks(config)
-    facts = scan(stage.positioned(), config, benchmark)
-    sigs = (
-        np.concatenate(facts.sig_chunks)
-        if facts.sig_chunks
-        else np.empty((0, config.minhash.num_perm), np.uint32)
-    )
-    meta = {
-        "format": FORMAT,
-        "config": config.fingerprint(),
-        "shard": [shard.index, shard.count],
-        "benchmarks": benchmark.names if benchmark else [],
-        "errors": stage.counts["errors"],
-    }
-    arrays = {
-        "positions": facts.positions,
-        "status": facts.status,
-        "benchmark": facts.benchmark,
-        "hashes": facts.hashes,
-        "signatures": sigs,
-        "shingles": facts.shingles,
-        "lengths": facts.lengths,
-        "ids": np.frombuffer(facts.id_blob, dtype=np.uint8),
-        "id_offsets": facts.id_offsets,
-    }
-    _save(signatures_path(work, shard), arrays, meta)
-    return facts
-
-
-def write_decisions(work: str) -> Decisions:
-    """Cluster pass 2: merge every shard's signatures (all N must be there, made with one config,
-    which the files carry)."""
-    paths = sorted(glob.glob(os.path.join(work, "signatures-*-of-*.npz")))
-    if not paths:
-        raise StreamError(work, None, "no signatures-I-of-N.npz files: run `synpref dedupe signatures` first")
-    counts = {int(re.search(r"-of-(\d+)", os.path.basename(p)).group(1)) for p in paths}
-    if len(counts) != 1:
-        raise StreamError(
-            work, None, f"signatures from different shard counts {sorted(counts)}: clean the folder"
-        )
-    total = counts.pop()
-    parts: list[Facts] = []
-    first_meta: dict[str, Any] | None = None
-    for path in paths:
-        arrays, meta = _load(path)
-        if first_meta is None:
-            first_meta = meta
-        elif meta["config"] != first_meta["config"] or meta["benchmarks"] != first_meta["benchmarks"]:
-            raise StreamError(path, None, f"made with other settings than {paths[0]}")
-        parts.append(
-            Facts(
-                arrays["positions"],
-                arrays["status"],
-                arrays["benchmark"],
-                arrays["hashes"],
-                [arrays["signatures"]],
-                arrays["shingles"],
-                arrays["lengths"],
-                arrays["ids"].tobytes(),
-                arrays["id_offsets"],
-            )
-        )
-    if len(paths) != total:
-        missing = sorted(set(range(total)) - {int(re.search(r"signatures-(\d+)", p).group(1)) for p in paths})
-        raise StreamError(work, None, f"signatures of shards {missing} of {total} are missing")
-    assert first_meta is not None
-    stored = first_meta["config"]
-    minhash = MinHashParams(**stored["minhash"])
-    config = DedupeConfig(stored["key"], stored["exact"], stored["near"], stored["keep"], minhash)
-    benchmarks = [tuple(name) for name in first_meta["benchmarks"]]
-    decisions = decide(Facts.concat(parts), config, benchmarks)
-    ref_positions = np.array(sorted(decisions.ref_ids), dtype=np.int64)
-    ref_blob, ref_offsets = _pack_ids([decisions.ref_ids[int(p)] for p in ref_positions])
-    meta = {"format": FORMAT, "config": stored, "shards": total, "benchmarks": first_meta["benchmarks"]}
-    arrays = {
-        "positions": decisions.positions,
-        "reason": decisions.reason,
-        "ref": decisions.ref,
-        "ref_positions": ref_positions,
-        "ref_ids": np.frombuffer(ref_blob, dtype=np.uint8),
-        "ref_offsets": ref_offsets,
-    }
-    _save(decisions_path(work), arrays, meta)
-    return decisions
-
-
-def read_decisions(work: str) -> tuple[Decisions, dict[str, Any]]:
-    path = decisions_path(work)
-    if not os.path.exists(path):
-        raise StreamError(path, None, "no decisions: run `synpref dedupe clusters` first")
-    arrays, meta = _load(path)
-    blob, offsets = arrays["ref_ids"].tobytes(), arrays["ref_offsets"]
-    ref_ids = {
-        int(p): blob[offsets[i] : offsets[i + 1]].decode("utf-8", "surrogatepass")
-        for i, p in enumerate(arrays["ref_positions"])
-    }
-    benchmarks = [tuple(name) for name in meta["benchmarks"]]
-    return Decisions(arrays["positions"], arrays["reason"], arrays["ref"], ref_ids, benchmarks), meta
-
-
-def filter_shard(stage: PositionedStage, work: str) -> Decisions:
-    """Cluster pass 3 for one shard."""
-    decisions, _ = read_decisions(work)
-    apply(stage.positioned_with_bytes(), decisions, stage)
-    return decisions
+def dedupe_records(
+    records: Iterable[Record], config: DedupeConfig | None = None
+) -> tuple[list[Record], list[Record]]:
+    """The stage as a plain function: (kept, removed with `reason`) of RECORDS (held in memory)."""
+    with Stage.over("dedupe", records) as stage:
+        dedupe(stage, config or DedupeConfig())
+    return stage.outputs(), stage.outputs("removed")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import os
 import sys
-import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -19,7 +18,9 @@ from typing import IO, Any, BinaryIO
 import orjson
 import zstandard
 
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+from synpref.io.durable import PLAIN_SUFFIXES, ZSTD_MAGIC, AtomicFile
+from synpref.io.errors import StreamError
+
 GZIP_MAGIC = b"\x1f\x8b"
 PARQUET_MAGIC = b"PAR1"
 READ_CHUNK = 1 << 20
@@ -29,16 +30,6 @@ COMPRESSED_CHUNK = 1 << 16
 # transient, and on a 2-core node level 3 would cost more CPU than reading and parsing the records.
 DEFAULT_LEVEL = 1
 STREAM_SUFFIXES = (".jsonl", ".json", ".zst", ".zstd", ".gz", ".parquet", ".ndjson")
-
-
-class StreamError(Exception):
-    """A problem in an input stream, located by file, line and (where known) field."""
-
-    def __init__(self, path: str, line: int | None, message: str, field: str | None = None):
-        self.path, self.line, self.field, self.message = path, line, field, message
-        where = f"{path}:{line}" if line is not None else path
-        what = f"field '{field}': {message}" if field else message
-        super().__init__(f"{where}: {what}")
 
 
 @dataclass(frozen=True)
@@ -243,12 +234,6 @@ def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
     yield from rest
 
 
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 class RecordWriter:
     """Writes records as JSON lines to a file or stdout.
 
@@ -260,22 +245,15 @@ class RecordWriter:
     def __init__(self, path: str | None = None, level: int = DEFAULT_LEVEL, threads: int = -1):
         self.path = None if path in (None, "-") else path
         self.count = 0
-        self._temp: str | None = None
+        self._file: AtomicFile | None = None
         if self.path is None:
             target: IO[bytes] = sys.stdout.buffer
-            self._owns_target = False
             plain = sys.stdout.isatty()
             gzipped = False
         else:
-            directory = os.path.dirname(os.path.abspath(self.path))
-            os.makedirs(directory, exist_ok=True)
-            descriptor, self._temp = tempfile.mkstemp(
-                prefix=f".{os.path.basename(self.path)}.", suffix=".partial", dir=directory
-            )
-            os.chmod(self._temp, 0o666 & ~_current_umask())  # mkstemp makes 0600; match a plain open()
-            target = os.fdopen(descriptor, "wb")
-            self._owns_target = True
-            plain = self.path.endswith((".jsonl", ".json", ".ndjson"))
+            self._file = AtomicFile(self.path)
+            target = self._file.handle
+            plain = self.path.endswith(PLAIN_SUFFIXES)
             gzipped = self.path.endswith(".gz")
         self._target = target
         if plain:
@@ -316,19 +294,15 @@ class RecordWriter:
         if self._sink is not self._target:
             self._sink.close()  # ends the gzip member / zstd frame; the target stays open
         self._target.flush()
-        if self._owns_target:
-            os.fsync(self._target.fileno())
-            self._target.close()
-            os.replace(self._temp, self.path)
-            self._temp = None
+        if self._file is not None:
+            self._file.commit()
+            self._file = None
 
     def abort(self) -> None:
         """Drop a half-written output: the temp file goes, PATH is left as it was."""
-        if self._owns_target:
-            self._target.close()
-            if self._temp and os.path.exists(self._temp):
-                os.unlink(self._temp)
-            self._temp = None
+        if self._file is not None:
+            self._file.abort()
+            self._file = None
 
     def __enter__(self) -> RecordWriter:
         return self

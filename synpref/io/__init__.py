@@ -1,0 +1,36 @@
+"""Files and streams: everything synpref reads or writes goes through here.
+
+- `streams`: JSON Lines records in and out (zstd / gzip / plain / .json / parquet, sharding).
+- `durable`: atomic whole-file writes and resumable append streams.
+- `errors`: `StreamError`, the located error of bad input.
+"""
+
+from synpref.io.durable import PLAIN_SUFFIXES, ZSTD_MAGIC, AppendStream, AtomicFile, write_atomic
+from synpref.io.errors import StreamError
+from synpref.io.streams import (
+    DEFAULT_LEVEL,
+    RawLine,
+    RecordWriter,
+    Shard,
+    expand_paths,
+    iter_raw,
+    read_json_records,
+    write_records,
+)
+
+__all__ = [
+    "DEFAULT_LEVEL",
+    "PLAIN_SUFFIXES",
+    "ZSTD_MAGIC",
+    "AppendStream",
+    "AtomicFile",
+    "RawLine",
+    "RecordWriter",
+    "Shard",
+    "StreamError",
+    "expand_paths",
+    "iter_raw",
+    "read_json_records",
+    "write_atomic",
+    "write_records",
+]

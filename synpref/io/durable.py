@@ -1,0 +1,197 @@
+"""Durable writes, written once for every stage: whole files that appear atomically, and append
+streams that survive a kill.
+
+- `AtomicFile`: bytes go to a temp file beside PATH, which is fsynced and renamed over PATH only on
+  commit, so a killed job never leaves a complete-looking half file (stream outputs, dedupe's work
+  files, eval reports).
+- `AppendStream`: a JSON Lines file that grows by frames, each written with one write() call and
+  fsynced before `append` returns; reopening it cuts a torn last frame left by a crash (score's
+  resume file, label streams). A plain file's frames are lines; a zstd file's frames are zstd frames
+  (the stream reader reads concatenated frames), so it stays compressed without being rewritten.
+"""
+
+from __future__ import annotations
+
+import bisect
+import fcntl
+import os
+import sys
+import tempfile
+from array import array
+from collections.abc import Iterator, Sequence
+from typing import IO, Any
+
+import zstandard
+
+from synpref.io.errors import StreamError
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+PLAIN_SUFFIXES = (".jsonl", ".json", ".ndjson")
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+class AtomicFile:
+    """A binary file that appears at PATH, whole, on `commit()`; `abort()` leaves PATH as it was."""
+
+    def __init__(self, path: str):
+        self.path = path
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        descriptor, self._temp = tempfile.mkstemp(
+            prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=directory
+        )
+        os.chmod(self._temp, 0o666 & ~_current_umask())  # mkstemp makes 0600; match a plain open()
+        self.handle: IO[bytes] = os.fdopen(descriptor, "wb")
+
+    def commit(self) -> None:
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+        os.replace(self._temp, self.path)
+
+    def abort(self) -> None:
+        self.handle.close()
+        if os.path.exists(self._temp):
+            os.unlink(self._temp)
+
+    def __enter__(self) -> IO[bytes]:
+        return self.handle
+
+    def __exit__(self, kind, value, traceback) -> None:
+        self.commit() if kind is None else self.abort()
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Replace PATH with DATA in one step (a report, a small JSON file)."""
+    with AtomicFile(path) as handle:
+        handle.write(data)
+
+
+class AppendStream:
+    """A JSON Lines file appended to in durable frames, holding an exclusive lock while open.
+
+    An existing file keeps its format whatever its name; a new one is plain when `plain` says so or,
+    by default, when its name ends in .jsonl/.json/.ndjson, and zstd otherwise. Only the frames'
+    end offsets and line counts are held in memory; `lines()` reads the lines back from disk.
+    """
+
+    def __init__(self, path: str, plain: bool | None = None):
+        self.path = path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
+        try:  # two writers would each resume from a stale view of the file
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise ValueError(f"{path} is being written by another process") from None
+        head = os.pread(self._fd, 4, 0)
+        if head:
+            self.plain = not head.startswith(ZSTD_MAGIC)
+        else:
+            self.plain = path.endswith(PLAIN_SUFFIXES) if plain is None else plain
+        self._compressor = zstandard.ZstdCompressor(level=3, write_content_size=True)
+        self._ends = array("q")  # byte offset where each complete frame ends
+        self._counts = array("q")  # lines in the file up to the end of each frame
+        self._scan()
+        self.dropped_tail = self._cut_torn_tail()
+
+    def _add_frame(self, end: int, lines: int) -> None:
+        self._ends.append(end)
+        self._counts.append((self._counts[-1] if self._counts else 0) + lines)
+
+    def _scan(self) -> None:
+        """Find the complete frames; a plain file's frames are its lines."""
+        size = os.fstat(self._fd).st_size
+        data = os.pread(self._fd, size, 0) if size else b""
+        if self.plain:
+            end = data.find(b"\n")
+            while end >= 0:  # the piece after the last newline is torn
+                self._add_frame(end + 1, 1)
+                end = data.find(b"\n", end + 1)
+            return
+        decompressor = zstandard.ZstdDecompressor()
+        offset = 0
+        while offset < len(data):
+            frame = decompressor.decompressobj()
+            try:
+                text = frame.decompress(data[offset:])
+            except zstandard.ZstdError as error:
+                raise StreamError(self.path, None, f"corrupt zstd frame at byte {offset} ({error})") from None
+            if not frame.eof:
+                break  # the last frame is cut short
+            offset = len(data) - len(frame.unused_data)
+            self._add_frame(offset, text.count(b"\n"))
+
+    def _size(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    def _cut_torn_tail(self) -> int:
+        size, good = os.fstat(self._fd).st_size, self._size()
+        if good < size:
+            self._truncate(good)
+            print(f"synpref: {self.path}: dropped an incomplete last entry ({size - good} bytes) "
+                  "left by an interrupted write", file=sys.stderr)
+        return size - good
+
+    def _truncate(self, size: int) -> None:
+        os.ftruncate(self._fd, size)
+        os.fsync(self._fd)
+
+    def __len__(self) -> int:
+        """Complete lines in the file."""
+        return self._counts[-1] if self._counts else 0
+
+    def lines(self) -> Iterator[bytes]:
+        """Every complete line in the file, in order (without newlines), read from disk."""
+        with open(self.path, "rb") as handle:
+            reader: Any = handle
+            if not self.plain:
+                reader = zstandard.ZstdDecompressor().stream_reader(handle, read_across_frames=True)
+            carry = b""
+            while chunk := reader.read(1 << 20):
+                parts = (carry + chunk).split(b"\n")
+                carry = parts.pop()
+                yield from parts
+
+    def keep_lines(self, count: int) -> None:
+        """Cut the file back to its first COUNT lines, which must end a frame."""
+        frames = bisect.bisect_right(self._counts, count)
+        if count != (self._counts[frames - 1] if frames else 0):
+            raise ValueError(f"{self.path}: line {count} does not end a frame")
+        del self._ends[frames:], self._counts[frames:]
+        self._truncate(self._size())
+
+    def append(self, lines: Sequence[bytes]) -> None:
+        """Write LINES (serialized JSON, no newlines) as one frame; durable when this returns."""
+        if not lines:
+            return
+        text = b"".join(line + b"\n" for line in lines)
+        data = text if self.plain else self._compressor.compress(text)
+        written = os.write(self._fd, data)
+        if written != len(data):  # regular files do not write short unless the disk is full
+            raise OSError(f"{self.path}: short write ({written} of {len(data)} bytes); is the disk full?")
+        os.fsync(self._fd)
+        if self.plain:
+            offset = self._size()
+            for line in lines:
+                offset += len(line) + 1
+                self._add_frame(offset, 1)
+        else:
+            self._add_frame(self._size() + len(data), len(lines))
+
+    def close(self, remove_if_empty: bool = False) -> None:
+        """Release the file; with `remove_if_empty`, a file that holds nothing is deleted."""
+        if remove_if_empty and not self._ends:
+            os.unlink(self.path)
+        os.close(self._fd)
+
+    def __enter__(self) -> AppendStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
