@@ -1,11 +1,10 @@
 """Label streams: human (or any) decisions about pairs, kept apart from the pairs until merged.
 
-A label stream is appended to one decision at a time and made durable at once (write, flush,
-fsync), so a killed server or a closed laptop loses nothing. It is JSON Lines like every stream:
-with a .jsonl/.json/.ndjson name it is plain text, otherwise each entry is its own zstd frame (the
-stream reader reads concatenated frames). Appending whole frames keeps the file compressed without
-ever rewriting it, and each frame is written with one write() call, so a crash can at worst leave one
-torn frame at the end, which `LabelWriter` cuts off (and reports) when it opens the file again.
+A label stream is appended to one decision at a time and made durable at once (write, fsync), so a
+killed server or a closed laptop loses nothing. It is JSON Lines like every stream: with a
+.jsonl/.json/.ndjson name it is plain text, otherwise each entry is its own zstd frame (the stream
+reader reads concatenated frames). `synpref.io.AppendStream` does the writing: a crash can at worst
+leave one torn frame at the end, which it cuts off (and reports) when the file is opened again.
 
 Entries are decisions `{"id", "by", "prefers", "meta"}` or undos `{"id", "by", "undo": true, "meta"}`.
 Replaying the stream in order gives the final label set: a decision sets the label of (id, by), an
@@ -15,23 +14,18 @@ undo removes it. `synpref cat --labels` merges the final set into the pairs' `la
 
 from __future__ import annotations
 
-import fcntl
-import os
-import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import combinations, product
 from typing import Any
 
 import orjson
-import zstandard
 
-from synpref.io import ZSTD_MAGIC, StreamError, iter_raw
+from synpref.io import AppendStream, StreamError, iter_raw
 from synpref.records import Record
 
 PREFERS = ("chosen", "rejected", "tie", "unsure")
 DECIDED = ("chosen", "rejected", "tie")  # "unsure" (skipped, undeterminable) is no decision to agree on
-PLAIN_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
 Label = dict[str, Any]
 
@@ -95,78 +89,31 @@ def merge_labels(record: Record, labels: Mapping[str, list[Label]]) -> bool:
 
 
 class LabelWriter:
-    """Appends label entries to a label stream, each one durable before `append` returns; holds an
-    exclusive lock on the file while open."""
+    """Appends label entries to a label stream, each checked, then durable before `append` returns
+    (a `synpref.io.AppendStream`: one frame per entry, an exclusive lock while open)."""
 
     def __init__(self, path: str):
         self.path = path
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
-        try:  # two writers would each resume from a stale view of the file
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
+        try:
+            self._stream = AppendStream(path)
+        except ValueError:
             raise ValueError(f"{path} is being written by another process (another synpref review?)") from None
-        head = os.pread(self._fd, 4, 0)
-        # An existing file keeps its format whatever its name; a new one follows the name.
-        self.plain = not head.startswith(ZSTD_MAGIC) if head else path.endswith(PLAIN_SUFFIXES)
-        self._compressor = zstandard.ZstdCompressor(level=3, write_content_size=True)
-        self.dropped_tail = self._cut_torn_tail()
-
-    def _cut_torn_tail(self) -> int:
-        """Truncate an incomplete last entry left by a crash mid-write; returns the bytes dropped."""
-        size = os.fstat(self._fd).st_size
-        if not size:
-            return 0
-        data = os.pread(self._fd, size, 0)
-        good = _complete_plain_length(data) if self.plain else _complete_zstd_length(data, self.path)
-        if good < size:
-            os.ftruncate(self._fd, good)
-            os.fsync(self._fd)
-            print(f"synpref: {self.path}: dropped an incomplete last entry ({size - good} bytes) "
-                  "left by an interrupted write", file=sys.stderr)
-        return size - good
+        self.dropped_tail = self._stream.dropped_tail
 
     def append(self, entry: Label) -> None:
         problem = label_problem(entry)
         if problem is not None:
             raise ValueError(f"label entry field {problem[0]!r}: {problem[1]}")
-        line = orjson.dumps(entry) + b"\n"
-        data = line if self.plain else self._compressor.compress(line)
-        written = os.write(self._fd, data)
-        if written != len(data):  # regular files do not write short unless the disk is full
-            raise OSError(f"{self.path}: short write ({written} of {len(data)} bytes); is the disk full?")
-        os.fsync(self._fd)
+        self._stream.append([orjson.dumps(entry)])
 
     def close(self) -> None:
-        os.close(self._fd)
+        self._stream.close()
 
     def __enter__(self) -> LabelWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _complete_plain_length(data: bytes) -> int:
-    return len(data) if data.endswith(b"\n") else data.rfind(b"\n") + 1
-
-
-def _complete_zstd_length(data: bytes, path: str) -> int:
-    """Bytes covered by complete zstd frames; corruption before the last frame is an error, not a tail."""
-    decompressor = zstandard.ZstdDecompressor()
-    offset = 0
-    while offset < len(data):
-        frame = decompressor.decompressobj()
-        try:
-            frame.decompress(data[offset:])
-        except zstandard.ZstdError as error:
-            raise StreamError(path, None, f"corrupt zstd frame at byte {offset} ({error})") from None
-        if not frame.eof:
-            return offset  # the last frame is cut short
-        offset = len(data) - len(frame.unused_data)
-    return offset
 
 
 # -- agreement ----------------------------------------------------------------------------------------

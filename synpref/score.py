@@ -5,7 +5,7 @@ engines (`synpref.engines`), this module is the stage: records in, records out i
 `scores` entry, and resume after a kill. p = sigmoid(chosen - rejected) is the Bradley-Terry
 probability that the current label is right.
 
-Library API (for `eval`, `filter-consistent` and notebooks)::
+Library API (for `eval`, the Stage-2 filter and notebooks)::
 
     from synpref.score import score_records
 

@@ -47,7 +47,7 @@ def cli() -> None:
 
     \b
         synpref cat raw/ | synpref stats
-        synpref score -m rm/ < pairs.jsonl.zst | synpref filter-consistent --gold gold > kept.jsonl.zst
+        synpref score -m rm/ < pairs.jsonl.zst | synpref eval pairs
 
     See `man synpref-COMMAND` or `synpref COMMAND --help`.
     """

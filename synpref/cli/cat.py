@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import click
 
-from synpref.cat import head, reservoir_sample
+from synpref.cat import cat_stream
 from synpref.cli.options import open_stage, run_stage, stage_options
 from synpref.io import StreamError
-from synpref.labels import load_labels, merge_labels
+from synpref.labels import load_labels
 
 
 @click.command()
@@ -38,17 +38,9 @@ def cat(stage_options, head_count, sample_count, seed, raw, label_files) -> None
         raise click.ClickException(str(error)) from None
 
     def work() -> None:
-        records = stage.records_with_bytes(normalized=not raw)
-        if head_count is not None:
-            records = head(records, head_count)
-        if sample_count is not None:
-            records = reservoir_sample(records, sample_count, seed)
-        if label_files:
-            stage.counts["labeled"] = 0  # shown even when no id matched: a wrong label file is visible
-        for record, original in records:
-            if label_files and merge_labels(record, labels):
-                stage.counts["labeled"] += 1
-                original = None  # the record changed: write it anew, not its input bytes
+        items = stage.records_with_bytes(normalized=not raw)
+        for record, original in cat_stream(items, head_count, sample_count, seed,
+                                           labels if label_files else None, stage.counts):
             stage.emit(record, original)
 
     run_stage(stage, work)

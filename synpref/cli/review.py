@@ -6,7 +6,7 @@ import click
 
 from synpref.io import StreamError
 from synpref.review.server import make_server
-from synpref.review.session import ReviewSession
+from synpref.review.session import ANNOTATOR, ReviewSession
 from synpref.stage import Stage, StageOptions
 
 
@@ -15,7 +15,8 @@ from synpref.stage import Stage, StageOptions
 @click.option("-o", "--output", "labels_path", required=True, type=click.Path(dir_okay=False),
               help="Label stream to append decisions to (created if missing; an existing one is resumed). "
               "zstd unless the name ends in .jsonl.")
-@click.option("--annotator", required=True, help="Your name; labels are written as by: human:NAME.")
+@click.option("--annotator", required=True, callback=lambda ctx, param, value: _annotator(value),
+              help="Your name (1-64 letters, digits, '.', '_' or '-'); labels are written as by: human:NAME.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. Loopback plus `ssh -L 8765:127.0.0.1:8765 HOST` is the safe way "
               "to review on a remote machine; any other address (e.g. 0.0.0.0 on a cluster login node) "
@@ -27,8 +28,8 @@ def review(streams, labels_path, annotator, host, port) -> None:
 
     The page shows the conversation, the two replies side by side in an order drawn per annotator
     and pair (recorded in each label; the page never says which is `chosen`), and the pair's
-    `attributes` (task category, objectivity, controversiality, desired attributes, guideline, from
-    `synpref annotate attributes`) as the protocol for the decision.
+    `attributes` (task category, objectivity, controversiality, desired attributes, guideline) when
+    the records carry them, as the protocol for the decision.
 
     \b
     Keys:  1 / 2   reply 1 / reply 2 is better
@@ -88,3 +89,9 @@ def review(streams, labels_path, annotator, host, port) -> None:
         session.close()
     click.echo(f"synpref review: stopped; {len(session.decisions)} of {len(session.pairs)} pairs labeled "
                f"by {session.by} in {labels_path}", err=True)
+
+
+def _annotator(name: str) -> str:
+    if not ANNOTATOR.fullmatch(name):
+        raise click.BadParameter(f"{name!r}: use 1-64 letters, digits, '.', '_' or '-'")
+    return name

@@ -24,7 +24,7 @@ def init(from_path: str, output: str, seed: int) -> None:
     """Turn a causal LM into a reward model: its backbone plus a new scalar head.
 
     The result is an AutoModelForSequenceClassification with num_labels=1 (safetensors, fp32) with
-    the tokenizer and chat template, ready for `synpref score` and `synpref train-rm`. A default
+    the tokenizer and chat template, ready for `synpref score` and `synpref eval`. A default
     system prompt that the chat template inserts by itself is removed (the training recipe uses
     none), and the pad token is set to a special token that formatted text never contains, so
     transformers, synpref and vLLM all read the reward at the same last token. Nothing is fetched

@@ -37,7 +37,7 @@ def normalized_key(record: Record, key: str = "pair") -> str:
         parts.append(normalize_text(_text(record.get("chosen"))))
         parts.append(normalize_text(_text(record.get("rejected"))))
     if key not in KEYS:
-        raise ValueError(f"--key must be one of {', '.join(KEYS)}, got {key!r}")
+        raise ValueError(f"key must be one of {', '.join(KEYS)}, got {key!r}")
     return FIELD.join(parts)
 
 

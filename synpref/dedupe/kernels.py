@@ -41,12 +41,17 @@ WORD = re.compile(rb"[a-z0-9\x80-\xff]+")
 
 
 # -- hash finalizers (MurmurHash3 fmix64 and fmix32) -----------------------------------------------
+def _ref_fmix(value: int, shifts: tuple[int, int, int], multipliers: tuple[int, int], mask: int) -> int:
+    """MurmurHash3's finalizer: xor-shift, multiply, xor-shift, multiply, xor-shift, modulo 2^bits."""
+    value ^= value >> shifts[0]
+    value = (value * multipliers[0]) & mask
+    value ^= value >> shifts[1]
+    value = (value * multipliers[1]) & mask
+    return value ^ (value >> shifts[2])
+
+
 def ref_fmix64(value: int) -> int:
-    value ^= value >> 33
-    value = (value * 0xFF51AFD7ED558CCD) & MASK64
-    value ^= value >> 33
-    value = (value * 0xC4CEB9FE1A85EC53) & MASK64
-    return value ^ (value >> 33)
+    return _ref_fmix(value, (33, 33, 33), (0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53), MASK64)
 
 
 @njit(cache=True, inline="always")
@@ -59,11 +64,7 @@ def fmix64(value: np.uint64) -> np.uint64:
 
 
 def ref_fmix32(value: int) -> int:
-    value ^= value >> 16
-    value = (value * 0x85EBCA6B) & MASK32
-    value ^= value >> 13
-    value = (value * 0xC2B2AE35) & MASK32
-    return value ^ (value >> 16)
+    return _ref_fmix(value, (16, 13, 16), (0x85EBCA6B, 0xC2B2AE35), MASK32)
 
 
 @njit(cache=True, inline="always")
@@ -606,6 +607,24 @@ def _segment_keys(buffer, start, end, ngram, words, grams) -> int:
 
 
 @njit(cache=True)
+def _scratch(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Word and n-gram hash buffers for the longest text (a word and its separator take 2 bytes)."""
+    longest = 1
+    for i in range(offsets.shape[0] - 1):
+        longest = max(longest, offsets[i + 1] - offsets[i])
+    return np.empty(longest // 2 + 1, dtype=np.uint64), np.empty(longest // 2 + 1, dtype=np.uint64)
+
+
+@njit(cache=True, inline="always")
+def _segment_stop(buffer: np.ndarray, segment: int, end: int) -> int:
+    """Where the segment (user turn) starting at SEGMENT ends: the next SEGMENT_BREAK, or END."""
+    stop = segment
+    while stop < end and buffer[stop] != SEGMENT_BREAK:
+        stop += 1
+    return stop
+
+
+@njit(cache=True)
 def _slot(keys: np.ndarray, key: np.uint64) -> int:
     mask = np.int64(keys.shape[0] - 1)
     slot = np.int64(key & np.uint64(mask))
@@ -616,29 +635,18 @@ def _slot(keys: np.ndarray, key: np.uint64) -> int:
 
 @njit(cache=True)
 def table_insert_batch(
-    buffer: np.ndarray,
-    offsets: np.ndarray,
-    owners: np.ndarray,
-    ngram: int,
-    keys: np.ndarray,
-    values: np.ndarray,
+    buffer: np.ndarray, offsets: np.ndarray, owners: np.ndarray, ngram: int, keys: np.ndarray, values: np.ndarray
 ) -> int:
     """Insert the keys of every segment of each text; values hold the first owner. Returns the number
     of distinct keys now in the table (the caller grows it past half full)."""
-    longest = 1
-    for i in range(offsets.shape[0] - 1):
-        longest = max(longest, offsets[i + 1] - offsets[i])
-    words = np.empty(longest // 2 + 1, dtype=np.uint64)
-    grams = np.empty(longest // 2 + 1, dtype=np.uint64)
+    words, grams = _scratch(offsets)
     used = 0
     for i in range(offsets.shape[0] - 1):
         start = offsets[i]
         end = offsets[i + 1]
         segment = start
         while segment <= end:
-            stop = segment
-            while stop < end and buffer[stop] != SEGMENT_BREAK:
-                stop += 1
+            stop = _segment_stop(buffer, segment, end)
             made = _segment_keys(buffer, segment, stop, ngram, words, grams)
             for g in range(made):
                 key = grams[g] | np.uint64(1)  # 0 marks an empty slot
@@ -657,19 +665,13 @@ def table_lookup_batch(
 ) -> np.ndarray:
     """For each text, the owner of the first of its keys found in the table, or -1."""
     records = offsets.shape[0] - 1
-    longest = 1
-    for i in range(records):
-        longest = max(longest, offsets[i + 1] - offsets[i])
-    words = np.empty(longest // 2 + 1, dtype=np.uint64)
-    grams = np.empty(longest // 2 + 1, dtype=np.uint64)
+    words, grams = _scratch(offsets)
     found = np.full(records, -1, dtype=np.int64)
     for i in range(records):
         end = offsets[i + 1]
         segment = offsets[i]
         while segment <= end and found[i] < 0:
-            stop = segment
-            while stop < end and buffer[stop] != SEGMENT_BREAK:
-                stop += 1
+            stop = _segment_stop(buffer, segment, end)
             made = _segment_keys(buffer, segment, stop, ngram, words, grams)
             for g in range(made):
                 slot = _slot(keys, grams[g] | np.uint64(1))

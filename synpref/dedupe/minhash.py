@@ -40,7 +40,7 @@ class MinHashParams:
 
     def __post_init__(self) -> None:
         if self.sketch not in SKETCHES:
-            raise ValueError(f"--sketch must be one of {', '.join(SKETCHES)}, got {self.sketch!r}")
+            raise ValueError(f"sketch must be one of {', '.join(SKETCHES)}, got {self.sketch!r}")
 
     def resolved(self) -> MinHashParams:
         if self.bands and self.rows:

@@ -1,4 +1,4 @@
-"""Reward functions for `synpref eval`, built on `synpref.score.RewardScorer`: the same model loading,
+"""Reward functions for `synpref eval`, built on `synpref.engines.reward.RewardScorer`: the same model loading,
 formatting, length-sorted token-budget batching and shared-prompt reuse as `synpref score`, so an
 evaluation scores exactly what the curation pipeline scores."""
 
@@ -13,12 +13,12 @@ def reward_function(path: str, engine: str = "torch", batch_tokens: int | None =
     (so a run whose input already carries every score never loads the model)."""
     loaded = []
 
-    def rewards(groups: list) -> list[list[float]]:
+    def rewards(groups: list) -> list:
         if not loaded:
             from synpref.engines.reward import RewardScorer
 
             # batch_tokens None: the scorer's own default for its device, as `synpref score` uses
             loaded.append(RewardScorer(path, engine=engine, batch_tokens=batch_tokens, max_length=max_length))
-        return loaded[0].group_rewards(groups)
+        return list(loaded[0].iter_group_rewards(groups))
 
     return rewards

@@ -13,12 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from synpref.engines.reward import Group, GroupReward
 from synpref.eval.bootstrap import RESAMPLES, interval, stratified_means
 from synpref.eval.report import ModelResult, Report, Row
-from synpref.models.reward import sigmoid
-from synpref.records import Message, Record, is_pair
+from synpref.records import Record, is_pair
+from synpref.score import pair_group, score_entry
 
-RewardFn = Callable[[list[tuple[list[Message], list[str]]]], list[list[float]]]  # groups -> rewards per reply
+RewardFn = Callable[[list[Group]], list[GroupReward]]  # (conversation, replies) groups -> their rewards
 LENGTH_BASELINE = "length-baseline"
 RULE = "pairwise accuracy: chosen > rejected wins, tie = 1/2; pooled over pairs, plus the mean over subsets"
 
@@ -102,13 +103,11 @@ def evaluate_pairs(records: Iterable[Record], models: dict[str, RewardFn | None]
             else:
                 todo.append(i)
         if todo:
-            groups = [(pairs[i]["conversation"], [pairs[i]["chosen"], pairs[i]["rejected"]]) for i in todo]
-            rewards = models[name](groups)  # type: ignore[misc]
-            for i, (chosen, rejected) in zip(todo, rewards, strict=True):
-                chosen, rejected = float(chosen), float(rejected)
-                table[i] = (chosen, rejected)
-                pairs[i].setdefault("scores", {})[name] = {"chosen": chosen, "rejected": rejected,
-                                                           "p": sigmoid(chosen - rejected)}
+            results = models[name]([pair_group(pairs[i]) for i in todo])  # type: ignore[misc]
+            for i, result in zip(todo, results, strict=True):
+                entry = score_entry(result)
+                table[i] = (entry["chosen"], entry["rejected"])
+                pairs[i].setdefault("scores", {})[name] = entry
             counts[f"scored_{name}"] += len(todo)
         values[name] = table
     if length_baseline:

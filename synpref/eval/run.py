@@ -148,7 +148,7 @@ def rewards_for(examples: list[Example], models: dict[str, RewardFn | None], opt
             raise BenchmarkError(f"cached scores for {name!r} do not cover every {benchmark} example; "
                                  f"give its model directory: -m {name}=DIR")
         groups = [(e.conversation, e.responses) for e in examples]
-        rewards[name] = [[float(x) for x in values] for values in function(groups)]
+        rewards[name] = [[float(x) for x in result.rewards] for result in function(groups)]
     if options.save:
         save_rewards(options.save, benchmark, examples, rewards)
     if options.length_baseline:

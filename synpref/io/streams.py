@@ -48,9 +48,9 @@ class Shard:
             index_text, count_text = text.split("/")
             shard = cls(int(index_text), int(count_text))
         except ValueError:
-            raise ValueError(f"--shard wants I/N with integers, got {text!r}") from None
+            raise ValueError(f"a shard is I/N with integers, got {text!r}") from None
         if shard.count < 1 or not 0 <= shard.index < shard.count:
-            raise ValueError(f"--shard {text}: need 0 <= I < N")
+            raise ValueError(f"shard {text}: need 0 <= I < N")
         return shard
 
     @classmethod

@@ -59,7 +59,7 @@ class ReviewSession:
 
     def __init__(self, records: Iterable[Record], labels_path: str, annotator: str):
         if not ANNOTATOR.fullmatch(annotator):
-            raise ValueError(f"--annotator {annotator!r}: use 1-64 letters, digits, '.', '_' or '-'")
+            raise ValueError(f"annotator name {annotator!r}: use 1-64 letters, digits, '.', '_' or '-'")
         self.by = f"human:{annotator}"
         self.pairs: list[Record] = []
         self.index: dict[str, int] = {}
