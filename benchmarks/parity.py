@@ -5,14 +5,13 @@ same bytes. Kept for refactors (issue 11's bar): `score` on real pairs in fp32 a
     python benchmarks/parity.py --against a16e68c            # ../shared/data, 200 pairs for score
     python benchmarks/parity.py --against main --pairs 50 --data examples/data
 
-Each version runs as `python -m synpref` with PYTHONPATH pointing at its own checkout (a temporary
-git worktree of --against). Outputs are compared decompressed, byte for byte. Exits 1 on a difference.
+Each version runs as `python -m synpref` imported from its own checkout (a temporary git worktree of
+--against), ahead of any editable install. Outputs are compared decompressed, byte for byte. Exits 1 on a difference.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -24,13 +23,20 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 
 
+# Runs `synpref ARGS` from the checkout in argv[1], ahead of an editable install's import hook.
+BOOT = """import runpy, sys
+root = sys.argv.pop(1)
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")]
+sys.path.insert(0, root)
+import synpref
+assert synpref.__file__.startswith(root), synpref.__file__
+sys.argv[0] = "synpref"
+runpy.run_module("synpref", run_name="__main__", alter_sys=True)
+"""
+
+
 def _run(root: Path, arguments: list[str]) -> None:
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    check = subprocess.run([sys.executable, "-c", "import synpref; print(synpref.__file__)"], env=env,
-                           capture_output=True, text=True, check=True)
-    if not check.stdout.startswith(str(root)):
-        raise SystemExit(f"PYTHONPATH={root} still imports {check.stdout.strip()}")
-    subprocess.run([sys.executable, "-m", "synpref", *arguments], env=env, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-c", BOOT, str(root), *arguments], check=True, capture_output=True)
 
 
 def _content(path: Path) -> bytes:

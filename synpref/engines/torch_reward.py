@@ -50,14 +50,16 @@ class TorchRewardEngine:
         quantize: str | None = None,
         prefix_reuse: str = "auto",
         recheck_margin: float = DEFAULT_RECHECK_MARGIN,
+        train: bool = False,
     ):
+        """`train`: fp32 weights on every device (the trainer autocasts to bf16 on CUDA)."""
         import torch
 
         from synpref.models.reward import load_reward_model, reward_head
 
         self.torch = torch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        dtype = torch.bfloat16 if self.device.startswith("cuda") and not train else torch.float32
         self.model, self.tokenizer = load_reward_model(model_dir, dtype=dtype, device=self.device)
         if quantize not in (None, "bf16") or (quantize and self.device != "cpu"):
             raise ValueError("quantize='bf16' is for CPU only (CUDA already runs in bf16)")
@@ -78,6 +80,7 @@ class TorchRewardEngine:
         self.prefix_reuse = prefix_reuse
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self._read_rows: Any = None  # flat (batch * position) rows the head reads in the running forward
+        self.trim = True  # off under gradient checkpointing, whose recomputation must see the same shapes
         self._trim_last_mlp()
 
     def _trim_last_mlp(self) -> None:
@@ -164,18 +167,29 @@ class TorchRewardEngine:
         self, groups: Sequence[EncodedGroup], batch: list[int], results: list[list[float]], progress
     ) -> None:
         members = [groups[index] for index in batch]
-        if self.packed:
-            rewards = self._forward_packed(members)
-        elif self._use_prefix(members):
-            rewards = self._forward_prefix(members)
-        else:
-            rewards = self._forward_full([sequence for group in members for sequence in group.sequences])
+        with self.torch.inference_mode():
+            rewards = self.rewards(members).cpu().tolist()
         position = 0
         for index, group in zip(batch, members, strict=True):
             results[index] = rewards[position : position + len(group.sequences)]
             position += len(group.sequences)
         if progress is not None:
             progress(len(batch), sum(len(s) for group in members for s in group.sequences))
+
+    def rewards(self, members: Sequence[EncodedGroup]) -> Any:
+        """(sequences,) fp32 tensor of the rewards of every sequence of MEMBERS, one batch; under
+        autograd when the caller enables it (`train-rm` runs this same forward)."""
+        return self.head(self.reply_states(members)).float()[:, 0]
+
+    def reply_states(self, members: Sequence[EncodedGroup]) -> Any:
+        """(sequences, hidden) last-layer states at the last token of every sequence of MEMBERS: what
+        the head reads. Packed rows on CPU; on CUDA shared prefixes once (when it pays and no gradient
+        is wanted) or full padded sequences."""
+        if self.packed:
+            return self._packed_states(members)
+        if not self.torch.is_grad_enabled() and self._use_prefix(members):
+            return self._prefix_states(members)
+        return self._full_states([sequence for group in members for sequence in group.sequences])
 
     def _use_prefix(self, members: list[EncodedGroup]) -> bool:
         if max(group.prefix_length for group in members) == 0 or self.prefix_reuse == "never":
@@ -186,45 +200,42 @@ class TorchRewardEngine:
 
     def _backbone(self, read_rows: Any, **inputs: Any) -> Any:
         """The backbone's forward, its last MLP only on `read_rows` (flat batch * position indexes)."""
-        self._read_rows = read_rows
+        self._read_rows = read_rows if self.trim else None
         try:
             return self.backbone(**inputs)
         finally:
             self._read_rows = None
 
-    def _rewards_at(self, hidden: Any, last: Any) -> list[float]:
-        torch = self.torch
-        picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        return self.head(picked).float()[:, 0].cpu().tolist()
+    def _at(self, hidden: Any, last: Any) -> Any:
+        """Row i's state at position last[i]."""
+        return hidden[self.torch.arange(hidden.shape[0], device=hidden.device), last]
 
-    def _forward_full(self, sequences: list[list[int]]) -> list[float]:
+    def _full_states(self, sequences: list[list[int]]) -> Any:
         torch = self.torch
         ids, mask = pad_rows(sequences, self.pad_id, torch)
         last = (mask.sum(1) - 1).to(self.device)
-        with torch.inference_mode():
-            hidden = self._backbone(
-                torch.arange(len(sequences), device=self.device) * ids.shape[1] + last,
-                input_ids=ids.to(self.device),
-                attention_mask=mask.to(self.device),
-            ).last_hidden_state
-            return self._rewards_at(hidden, last)
+        hidden = self._backbone(
+            torch.arange(len(sequences), device=self.device) * ids.shape[1] + last,
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+        ).last_hidden_state
+        return self._at(hidden, last)
 
-    def _forward_packed(self, members: list[EncodedGroup]) -> list[float]:
-        """Groups as one packed row (see `synpref.engines.packing`), rewards at every reply's end."""
+    def _packed_states(self, members: Sequence[EncodedGroup]) -> Any:
+        """Groups as one packed row (see `synpref.engines.packing`), states at every reply's end."""
         torch = self.torch
         row = pack_blocks([block for group in members for block in self._blocks(group)], torch, self.device)
         extra = {"synpref_spans": row.spans} if self.span_attention else {}
-        with torch.inference_mode():
-            hidden = self._backbone(
-                torch.tensor(row.ends, device=self.device),
-                input_ids=torch.tensor([row.ids], device=self.device),
-                attention_mask=row.whole_mask(torch).to(self.device),
-                position_ids=torch.tensor([row.positions], device=self.device),
-                **extra,
-            ).last_hidden_state
-            return self.head(hidden[0, row.ends]).float()[:, 0].cpu().tolist()
+        hidden = self._backbone(
+            torch.tensor(row.ends, device=self.device),
+            input_ids=torch.tensor([row.ids], device=self.device),
+            attention_mask=row.whole_mask(torch).to(self.device),
+            position_ids=torch.tensor([row.positions], device=self.device),
+            **extra,
+        ).last_hidden_state
+        return hidden[0, row.ends]
 
-    def _forward_prefix(self, members: list[EncodedGroup]) -> list[float]:
+    def _prefix_states(self, members: Sequence[EncodedGroup]) -> Any:
         """Shared prefixes once (right-padded), then all suffixes on the selected cache rows."""
         torch = self.torch
         prefixes = [group.sequences[0][: group.prefix_length] or [self.pad_id] for group in members]
@@ -246,20 +257,19 @@ class TorchRewardEngine:
         mask = torch.cat([prefix_mask[owner_index], suffix_mask], dim=1)
         device = self.device
         last = (suffix_mask.sum(1) - 1).to(device)
-        with torch.inference_mode():
-            cache = self._backbone(  # only the keys and values are read: the last MLP runs on no row
-                torch.zeros(0, dtype=torch.long, device=device),
-                input_ids=prefix_ids.to(device),
-                attention_mask=prefix_mask.to(device),
-                use_cache=True,
-            ).past_key_values
-            cache.batch_select_indices(owner_index.to(device))
-            hidden = self._backbone(
-                torch.arange(len(suffixes), device=device) * suffix_ids.shape[1] + last,
-                input_ids=suffix_ids.to(device),
-                attention_mask=mask.to(device),
-                position_ids=positions.to(device),
-                past_key_values=cache,
-                use_cache=True,
-            ).last_hidden_state
-            return self._rewards_at(hidden, last)
+        cache = self._backbone(  # only the keys and values are read: the last MLP runs on no row
+            torch.zeros(0, dtype=torch.long, device=device),
+            input_ids=prefix_ids.to(device),
+            attention_mask=prefix_mask.to(device),
+            use_cache=True,
+        ).past_key_values
+        cache.batch_select_indices(owner_index.to(device))
+        hidden = self._backbone(
+            torch.arange(len(suffixes), device=device) * suffix_ids.shape[1] + last,
+            input_ids=suffix_ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions.to(device),
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state
+        return self._at(hidden, last)
