@@ -20,10 +20,13 @@ import orjson
 from tqdm import tqdm
 
 from synpref.io import DEFAULT_LEVEL, RawLine, RecordWriter, Shard, StreamError, expand_paths, iter_raw
-from synpref.records import Record, RecordError, normalize
+from synpref.records import Expansion, LayoutOptions, Normalizer, Record, RecordError
 
 MEMORY = "<records>"  # the input name of a Stage over records in memory
 ON_ERROR = ("fail", "skip", "count")
+# A record's position is (input line index) * POSITION_STRIDE + (its index among the records its row
+# expanded into): unique, in input order, and the same in every shard and pass.
+POSITION_STRIDE = 1 << 16
 
 
 @dataclass
@@ -32,17 +35,22 @@ class StageOptions:
 
     on_error: "fail" raises on the first bad line, "skip" diverts bad lines to `errors`, "count"
     only counts them (for a pass whose sibling pass over the same input writes them).
+    diverted: where rows a layout turns into no record (a dropped tie, differing chat histories) are
+    written with their reason; without it they are only counted (`diverted_<reason>`).
+    layouts: how rows of public layouts become records (`synpref.records.LayoutOptions`).
     """
 
     inputs: list[str] = field(default_factory=list)
     output: str | None = None
     removed: str | None = None
     errors: str | None = None
+    diverted: str | None = None
     on_error: str = "fail"
     shard: Shard | None = None
     progress: bool | None = None
     level: int = DEFAULT_LEVEL
     threads: int = -1
+    layouts: LayoutOptions = field(default_factory=LayoutOptions)
 
 
 class MissingOutput(ValueError):
@@ -91,8 +99,10 @@ def _stem(path: str) -> str:
 class Stage:
     """One run of a command: reads its inputs, owns its outputs, counts what happened.
 
-    `position` is the index in the concatenated input (all shards) of the record last read: sharded
-    passes that must agree on record identity (dedupe's cluster mode) key their results by it.
+    `position` identifies the record last read across the concatenated input (all shards): its line's
+    index times POSITION_STRIDE plus its index among the records that line expanded into (0 for the
+    usual one-line-one-record). Sharded passes that must agree on record identity (dedupe's cluster
+    mode) key their results by it.
     A stage that reads its input twice opens with `rereadable=True` (stdin is then spooled) and
     calls `reread()` for the second pass.
     """
@@ -103,6 +113,7 @@ class Stage:
         if options.on_error == "skip" and not options.errors:
             raise ValueError("on_error 'skip' needs an errors path (nothing is dropped silently)")
         self.name, self.options, self.emits = name, options, emits
+        self._normalize = Normalizer(options.layouts).function
         self.counts: Counter[str] = Counter()
         self.position = -1
         self._writers: dict[str, Any] = {}
@@ -116,7 +127,7 @@ class Stage:
         """A Stage whose input is RECORDS and whose outputs are lists (`outputs(kind)`)."""
         stage = cls(name, StageOptions(inputs=[MEMORY], **options))
         stage._memory = list(records)
-        for kind in ("output", "removed", "errors"):
+        for kind in ("output", "removed", "errors", "diverted"):
             stage._writers[kind] = MemoryWriter()
         return stage
 
@@ -150,13 +161,13 @@ class Stage:
     def raw_lines(self) -> Iterator[RawLine]:
         """Unparsed input lines of this shard, in input order; unreadable files follow on_error."""
         position = 0
-        shard = self.options.shard
+        shard, stride = self.options.shard, POSITION_STRIDE
         for _, lines in self._files():
             try:
                 for raw in lines:
                     position += 1
                     if shard is None or shard.owns(position - 1):
-                        self.position = position - 1
+                        self.position = (position - 1) * stride
                         yield raw
             except StreamError as error:
                 self._divert(error, None)
@@ -175,29 +186,77 @@ class Stage:
 
         A stage that passes a record on untouched hands those bytes to `emit`, which writes them
         instead of serializing the record again (the costliest step of a pass-through stage).
+        A row that normalizes to several records (or none) is handed to `_expanded`.
         """
         bar = self.progress_bar(show=progress, unit="rec")
+        # this loop runs once per record of every command: what it uses is bound to locals
+        tick = None if bar.disable else bar.update
+        normalize, expansion, counts, loads, bytes_type = self._normalize, Expansion, self.counts, orjson.loads, bytes
+        rereading = self._rereading
         for raw in self.raw_lines():
+            data = raw.data
             try:
-                row = raw.parse()
+                row = loads(data) if type(data) is bytes_type else data
                 record = normalize(row) if normalized else row
-            except StreamError as error:
-                self._divert(error, raw)
-                continue
             except RecordError as error:
                 self._divert(StreamError(raw.path, raw.line, str(error), error.field), raw)
                 continue
-            if not self._rereading:
-                self.counts["read"] += 1
-            bar.update()
-            unchanged = record is row and type(raw.data) is bytes
+            except orjson.JSONDecodeError:
+                try:
+                    raw.parse()  # raises the located error
+                except StreamError as error:
+                    self._divert(error, raw)
+                continue
+            if type(record) is expansion:
+                yield from self._expanded(record, raw, row, bar)
+                continue
+            if not rereading:
+                counts["read"] += 1
+            if tick is not None:
+                tick()
+            unchanged = record is row and type(data) is bytes_type
             if normalized and ("id" not in record or "source" not in record):
                 # rows without an id or source get stable ones from where they were read
                 record.setdefault("id", _default_id(raw.path, raw.line))
                 record.setdefault("source", _stem(raw.path))
                 unchanged = False
-            yield record, raw.data if unchanged else None
+            yield record, data if unchanged else None
         bar.close()
+
+    def _expanded(self, expansion: Expansion, raw: RawLine, row: Any, bar: tqdm) -> Iterator[tuple[Record, None]]:
+        """The records of one row that a layout expanded: counted as `read` once, `expanded` for each
+        record beyond the first, `skipped_<reason>` for each candidate pair the layout's rule did not
+        form; a row that gives none is `diverted_<reason>` (and written to --diverted)."""
+        if len(expansion) >= POSITION_STRIDE:
+            self._divert(StreamError(raw.path, raw.line, f"this {expansion.layout} row expands into "
+                                     f"{len(expansion):,} records, more than {POSITION_STRIDE - 1:,}"), raw)
+            return
+        if not self._rereading:
+            self.counts["read"] += 1
+            if len(expansion) > 1:
+                self.counts["expanded"] += len(expansion) - 1
+            for reason, count in expansion.skipped.items():
+                self.counts[f"skipped_{reason}"] += count
+            if expansion.diverted:
+                self._divert_row(expansion, raw, row)
+        bar.update(len(expansion))
+        base = self.position
+        default_id = None
+        for index, record in enumerate(expansion):
+            self.position = base + index
+            if "id" not in record:  # the file-and-line id, and the record's index within its row
+                default_id = default_id or _default_id(raw.path, raw.line)
+                record = {"id": f"{default_id}:{index}", **record}
+            if "source" not in record:
+                record["source"] = _stem(raw.path)
+            yield record, None
+
+    def _divert_row(self, expansion: Expansion, raw: RawLine, row: Any) -> None:
+        """A row that became no record: counted by reason, and written to --diverted when given."""
+        self.counts[f"diverted_{expansion.diverted}"] += 1
+        if self.options.diverted or "diverted" in self._writers:
+            self.writer("diverted").write({"file": raw.path, "line": raw.line, "layout": expansion.layout,
+                                           "reason": expansion.diverted, "row": row})
 
     def positioned(self) -> Iterator[tuple[int, Record, bytes | None]]:
         """(input position, record, input line or None) of every record of this shard."""
@@ -229,7 +288,8 @@ class Stage:
 
     # -- output -------------------------------------------------------------------------------------
     def writer(self, kind: str = "output") -> RecordWriter:
-        """The writer for `output` (stdout by default), `removed` or `errors`, opened on first use."""
+        """The writer for `output` (stdout by default), `removed`, `errors` or `diverted`, opened on first
+        use."""
         if kind not in self._writers:
             path = getattr(self.options, kind)
             if kind != "output" and not path:

@@ -1,6 +1,7 @@
 """`synpref stats`: what is in a stream, before spending GPU hours on it.
 
-Counts per source and kind, turn counts, length percentiles of prompt / chosen / rejected (characters,
+Counts per source, layout (`extra.layout`, the public layout a record was converted from; "canonical"
+for records that came as such) and kind, turn counts, length percentiles of prompt / chosen / rejected (characters,
 and tokens with a tokenizer), exact duplicates, content problems, label / score summaries, and annotator agreement (Cohen's kappa).
 """
 
@@ -30,6 +31,12 @@ def _kind(record: Record) -> str:
     return "prompt" if "conversation" in record else "other"
 
 
+def _layout(record: Record) -> str:
+    extra = record.get("extra")
+    layout = extra.get("layout") if type(extra) is dict else None
+    return layout if isinstance(layout, str) else "canonical"
+
+
 def _summary(values: array) -> dict[str, float]:
     if not values:
         return {}
@@ -48,6 +55,7 @@ def collect_stats(records: Iterable[Record], count_tokens: Callable[[list[str]],
                   token_batch: int = 256) -> dict[str, Any]:
     """One pass over the records; memory is a few integers per record plus a 16-byte hash per pair."""
     sources: Counter[str] = Counter()
+    layouts: Counter[str] = Counter()
     kinds: Counter[str] = Counter()
     turns: Counter[int] = Counter()
     problems: Counter[str] = Counter()
@@ -72,6 +80,7 @@ def collect_stats(records: Iterable[Record], count_tokens: Callable[[list[str]],
         if "reason" in record:
             reasons[str(record["reason"])] += 1
         sources[str(record.get("source", "?"))] += 1
+        layouts[_layout(record)] += 1
         conversation = record.get("conversation", [])
         turns[sum(1 for m in conversation if m.get("role") == "user")] += 1
         texts = {"prompt": prompt_text(record)} if conversation else {}
@@ -103,6 +112,7 @@ def collect_stats(records: Iterable[Record], count_tokens: Callable[[list[str]],
         "records": sum(kinds.values()),
         "kinds": dict(kinds),
         "sources": dict(sources.most_common()),
+        "layouts": dict(layouts.most_common()),
         "user_turns": {str(k): v for k, v in sorted(turns.items())},
         "exact_duplicate_pairs": duplicates,
         "pair_problems": dict(problems),
@@ -127,6 +137,18 @@ def collect_stats(records: Iterable[Record], count_tokens: Callable[[list[str]],
     return result
 
 
+def _columns(rows: list[tuple[Any, ...]], formats: tuple[str, ...]) -> list[str]:
+    """Rows as aligned columns, each as wide as its widest cell: the first (a name) left-aligned and never
+    cut, so two long names that differ only at the end still print apart; the rest right-aligned with
+    FORMATS (format specs such as ',' or '.3f', applied to numbers)."""
+    cells = [[str(row[0])] + [value if isinstance(value, str) else format(value, spec)
+                              for value, spec in zip(row[1:], formats, strict=True)] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))] if cells else []
+    return [row[0].ljust(widths[0]) + "".join(f"  {cell:>{width}}" for cell, width in zip(row[1:], widths[1:],
+                                                                                         strict=True))
+            for row in cells]
+
+
 def format_table(stats: dict[str, Any]) -> str:
     """A plain-text report for a terminal."""
     lines = [f"records  {stats['records']:,}   " + "  ".join(f"{k} {v:,}" for k, v in stats["kinds"].items())]
@@ -136,11 +158,13 @@ def format_table(stats: dict[str, Any]) -> str:
     if stats["pair_problems"]:
         lines.append("pair problems  " + "  ".join(f"{k} {v:,}" for k, v in stats["pair_problems"].items()))
     lines.append("")
-    lines.append("source" + " " * 34 + "records")
-    for source, count in list(stats["sources"].items())[:30]:
-        lines.append(f"{source[:38]:<40}{count:>7,}")
+    shown = list(stats["sources"].items())[:30]
+    lines += _columns([("source", "records"), *shown], (",",))
     if len(stats["sources"]) > 30:
         lines.append(f"... and {len(stats['sources']) - 30} more sources (see --json)")
+    if stats.get("layouts"):
+        lines.append("")
+        lines += _columns([("layout", "records"), *stats["layouts"].items()], (",",))
     lines.append("")
     lines.append("user turns  " + "  ".join(f"{k}: {v:,}" for k, v in stats["user_turns"].items()))
     for unit in ("chars", "tokens"):
@@ -156,16 +180,16 @@ def format_table(stats: dict[str, Any]) -> str:
         lines.append("labels  " + "  ".join(f"{k} {v:,}" for k, v in stats["labels"].items()))
     if "agreement" in stats:
         lines.append("")
-        lines.append(f"{'agreement':<48}{'pairs':>8}{'agree':>8}{'kappa':>8}")
+        rows: list[tuple[Any, ...]] = [("agreement", "pairs", "agree", "kappa")]
         for group in ("inter_annotator", "human_vs_llm", "human_vs_current_label"):
             for name, row in stats["agreement"].get(group, {}).items():
                 label = name if group != "human_vs_current_label" else f"{name} vs current label"
                 kappa = "-" if row.get("kappa") is None else f"{row['kappa']:.3f}"
-                lines.append(f"{label[:46]:<48}{row['pairs']:>8,}{row['agreement']:>8.3f}{kappa:>8}")
+                rows.append((label, row["pairs"], row["agreement"], kappa))
+        lines += _columns(rows, (",", ".3f", ""))
     if "scores" in stats:
         lines.append("")
-        lines.append(f"{'scores':<24}{'count':>10}{'mean p':>10}{'p > 0.5':>10}")
-        for name, summary in stats["scores"].items():
-            lines.append(f"{name[:22]:<24}{summary['count']:>10,}{summary['mean_p']:>10.3f}"
-                         f"{summary['agree_fraction']:>10.3f}")
+        lines += _columns([("scores", "count", "mean p", "p > 0.5"),
+                           *((name, summary["count"], summary["mean_p"], summary["agree_fraction"])
+                             for name, summary in stats["scores"].items())], (",", ".3f", ".3f"))
     return "\n".join(lines)

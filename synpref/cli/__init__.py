@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "cat": "synpref.cli.cat:cat",
     "stats": "synpref.cli.stats:stats",
     "score": "synpref.cli.score:score",
+    "train-rm": "synpref.cli.train_rm:train_rm",
     "rm": "synpref.cli.rm:rm",
     "dedupe": "synpref.cli.dedupe:dedupe",
     "eval": "synpref.cli.eval:eval_group",

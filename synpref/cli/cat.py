@@ -6,9 +6,18 @@ from synpref.cat import cat_stream
 from synpref.cli.options import open_stage, run_stage, stage_options
 from synpref.io import StreamError
 from synpref.labels import load_labels
+from synpref.records import layouts_table
+
+
+def _list_layouts(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(layouts_table())
+        ctx.exit()
 
 
 @click.command()
+@click.option("--layouts", is_flag=True, expose_value=False, is_eager=True, callback=_list_layouts,
+              help="List the layouts rows are read in, with the fields each expects, and exit.")
 @stage_options()
 @click.option("--head", "head_count", type=click.IntRange(min=0), help="Stop after N records.")
 @click.option("--sample", "sample_count", type=click.IntRange(min=0), help="Reservoir-sample N records.")
@@ -20,14 +29,26 @@ from synpref.labels import load_labels
 def cat(stage_options, head_count, sample_count, seed, raw, label_files) -> None:
     """Concatenate streams and convert any supported layout to canonical zstd JSONL.
 
-    Accepts HH-RLHF transcripts, prompt/chosen/rejected strings, chosen/rejected message lists
-    (TRL / Skywork style), RewardBench rows and canonical records; rows that are not pairs
-    (prompt-only or answer files) pass through unchanged. --sample keeps input order and is
-    reproducible for a given --seed; it holds N records in memory.
+    Reads canonical records, HH-RLHF transcripts, prompt/chosen/rejected strings (RewardBench),
+    chosen/rejected message lists (TRL / Skywork) and the public sets as published: Stanford SHP,
+    PKU-SafeRLHF, Chatbot Arena / Arena-Human-Preference, HelpSteer2/3 preference, Nectar, raw
+    UltraFeedback, OpenAI preference fine-tuning JSONL, RM-Bench and RewardBench 2 (`--layouts` lists
+    them with their fields). Each row is recognized by its fields; a row with the fields of two
+    layouts fails naming both unless --layout says which. Converted records keep the source's ids and
+    label fields in `extra` (with `extra.layout`), and a `labels` entry saying who labeled them.
+    Rows that are not pairs (prompt-only or answer files) pass through unchanged.
+
+    A row may become several records (ranked lists by --pairs, RM-Bench's 9 style pairs, RewardBench 2's
+    chosen x rejected), counted as `expanded`; candidate pairs left out because tied are counted as
+    `skipped_tied_pairs`; a row that becomes no record is counted as `diverted_REASON` and written to
+    --diverted. So kept = read + expanded - diverted (without --head/--sample and errors).
+    --sample keeps input order and is reproducible for a given --seed; it holds N records in memory.
 
     \b
     Examples:
         synpref cat hh-rlhf/train.jsonl.gz -o hh.jsonl.zst
+        synpref cat nectar/ --pairs all -o nectar-pairs.jsonl.zst
+        synpref cat arena.parquet --ties drop --diverted arena-dropped.jsonl.zst -o arena.jsonl.zst
         synpref cat shards/ --sample 1000 --seed 7 | synpref stats
         synpref cat gold.jsonl.zst --labels alice.labels.jsonl.zst --labels bob.labels.jsonl.zst | synpref stats
     """

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from synpref.io import DEFAULT_LEVEL, Shard, StreamError
+from synpref.records import AXES, BY_NAME, PAIR_RULES, TIES, LayoutOptions
 from synpref.stage import MissingOutput, Stage, StageOptions
 
 
@@ -41,6 +42,27 @@ def max_length_option(help_text: str) -> Callable:
     return click.option("--max-length", type=click.IntRange(min=2), default=None, help=help_text)
 
 
+def layout_flags() -> list[Callable]:
+    """How rows of public layouts become records: shared by every command, since every command reads
+    its input through the same normalizers (`synpref cat --layouts` lists them)."""
+    return [
+        click.option("--layout", type=click.Choice(list(BY_NAME)), default=None, metavar="NAME",
+                     help="Read every row as layout NAME (needed when a row has the fields of two; default: "
+                     "recognize each row by its fields). `synpref cat --layouts` lists them."),
+        click.option("--pairs", type=click.Choice(PAIR_RULES), default="best-worst", show_default=True,
+                     help="Pairs from ranked or rated reply lists (Nectar, UltraFeedback): best vs worst, "
+                     "each vs the next, or all; tied pairs are skipped and counted."),
+        click.option("--axis", type=click.Choice(AXES), default="better", show_default=True,
+                     help="PKU-SafeRLHF: the preference to read (better_response_id or safer_response_id)."),
+        click.option("--ties", type=click.Choice(TIES), default="keep", show_default=True,
+                     help="A tie between two replies (Chatbot Arena, HelpSteer): keep as a pair with a `tie` "
+                     "label, or drop the row (diverted with the reason)."),
+        click.option("--diverted", type=click.Path(),
+                     help="Write rows a layout turns into no record (dropped ties, Arena rows whose earlier "
+                     "turns differ) here with their reason; without it they are counted on stderr."),
+    ]
+
+
 def stage_options(removed: bool = False, output: bool = True) -> Callable:
     """Add the shared flags; `removed=True` for filters (every dropped record goes to --removed)."""
 
@@ -58,11 +80,14 @@ def stage_options(removed: bool = False, output: bool = True) -> Callable:
                 output=kwargs.pop("output", None),
                 removed=kwargs.pop("removed", None),
                 errors=kwargs.pop("errors"),
+                diverted=kwargs.pop("diverted"),
                 on_error=kwargs.pop("on_error"),
                 shard=shard,
                 progress=kwargs.pop("progress"),
                 level=kwargs.pop("level", DEFAULT_LEVEL),
                 threads=kwargs.pop("threads", -1),
+                layouts=LayoutOptions(layout=kwargs.pop("layout"), pairs=kwargs.pop("pairs"),
+                                      axis=kwargs.pop("axis"), ties=kwargs.pop("ties")),
             )
             return command(**kwargs)
 
@@ -88,6 +113,7 @@ def stage_options(removed: bool = False, output: bool = True) -> Callable:
                 default=None,
                 help="tqdm bar on stderr. Default: on when stderr is a terminal.",
             ),
+            *layout_flags(),
         ]
         if output:
             flags += [

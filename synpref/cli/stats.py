@@ -13,12 +13,16 @@ from synpref.stats import collect_stats, format_table
 @click.option("--tokenizer", type=click.Path(exists=True),
               help="Also report token lengths, with the tokenizer of this model directory or .gguf file.")
 def stats(stage_options, as_json, tokenizer) -> None:
-    """Summarize a stream: records per source and kind, user-turn counts, length percentiles of
+    """Summarize a stream: records per source, layout and kind, user-turn counts, length percentiles of
     prompt / chosen / rejected (characters; tokens with --tokenizer), exact duplicate pairs, content
     problems (empty or identical replies), label counts and reward-model score summaries.
     With labels (merged by `synpref cat --labels`), also agreement: Cohen's kappa between human
     annotators (human:*) on the pairs both decided, each human against each LLM judge (llm:*), and
     how often each human prefers the stream's current label (chosen); 'unsure' skips are left out.
+
+    The layout of a record is the public layout it was converted from (`extra.layout`, written by the
+    normalizers: shp, nectar, chatbot-arena, ...), or `canonical` for records that came as such; raw
+    public files are converted as they are read, so `synpref stats nectar.parquet --pairs all` works.
 
     \b
     Examples:
