@@ -32,13 +32,8 @@ def _read_json(path: Path) -> dict | list:
 class TorchEmbeddingEngine:
     """Sentence embeddings, fp32 on every device: the model is small, and bf16 would blur near-duplicates."""
 
-    def __init__(
-        self,
-        model_dir: str,
-        device: str | None = None,
-        batch_tokens: int | None = None,
-        max_length: int | None = None,
-    ):
+    def __init__(self, model_dir: str, device: str | None = None, batch_tokens: int | None = None,
+                 max_length: int | None = None):
         import torch
         from transformers import AutoModel
 

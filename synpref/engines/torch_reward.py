@@ -42,16 +42,9 @@ class TorchRewardEngine:
     layer's MLP runs only on the rows the head reads.
     """
 
-    def __init__(
-        self,
-        model_dir: str,
-        batch_tokens: int | None = None,
-        device: str | None = None,
-        quantize: str | None = None,
-        prefix_reuse: str = "auto",
-        recheck_margin: float = DEFAULT_RECHECK_MARGIN,
-        train: bool = False,
-    ):
+    def __init__(self, model_dir: str, batch_tokens: int | None = None, device: str | None = None,
+                 quantize: str | None = None, prefix_reuse: str = "auto",
+                 recheck_margin: float = DEFAULT_RECHECK_MARGIN, train: bool = False):
         """`train`: fp32 weights on every device (the trainer autocasts to bf16 on CUDA)."""
         import torch
 

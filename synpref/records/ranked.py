@@ -14,6 +14,7 @@ score gap of every pair is kept as `extra.margin` (with the two scores), ready f
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 from synpref.records.core import (
@@ -100,18 +101,23 @@ def nectar_conversation(prompt: Any) -> list[Message]:
     return messages
 
 
+def _objects(value: Any, field: str, plural: str, singular: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The objects of a list field, each with where it is; anything else is a RecordError there."""
+    if type(value) is not list:
+        raise RecordError(f"expected a list of {plural}, got {type(value).__name__}", field)
+    for index, item in enumerate(value):
+        where = f"{field}[{index}]"
+        if not isinstance(item, dict):
+            raise RecordError(f"expected {singular} object, got {type(item).__name__}", where)
+        yield where, item
+
+
 def from_nectar(row: Record, options: Any = None) -> Expansion:
     """berkeley-nest/Nectar: prompt (HH transcript), answers [{answer, model, rank}] ranked by GPT-4
     (rank 1 is best); the margin is the rank difference."""
     conversation = nectar_conversation(row["prompt"])
-    answers = row["answers"]
-    if type(answers) is not list:
-        raise RecordError(f"expected a list of answers, got {type(answers).__name__}", "answers")
     replies, scores, details = [], [], []
-    for index, answer in enumerate(answers):
-        where = f"answers[{index}]"
-        if not isinstance(answer, dict):
-            raise RecordError(f"expected an answer object, got {type(answer).__name__}", where)
+    for where, answer in _objects(row["answers"], "answers", "answers", "an answer"):
         replies.append(check_text(answer.get("answer"), f"{where}.answer", "a string answer"))
         rank = _number(answer.get("rank"), f"{where}.rank")
         scores.append(-rank)
@@ -148,14 +154,8 @@ def from_ultrafeedback(row: Record, options: Any = None) -> Expansion:
     """openbmb/UltraFeedback as published: instruction, completions [{model, response, annotations,
     fine-grained_score, overall_score, ...}] rated by GPT-4; the margin is the rating difference."""
     instruction = check_text(row["instruction"], "instruction", "a string instruction")
-    completions = row["completions"]
-    if type(completions) is not list:
-        raise RecordError(f"expected a list of completions, got {type(completions).__name__}", "completions")
     replies, scores, details = [], [], []
-    for index, completion in enumerate(completions):
-        where = f"completions[{index}]"
-        if not isinstance(completion, dict):
-            raise RecordError(f"expected a completion object, got {type(completion).__name__}", where)
+    for where, completion in _objects(row["completions"], "completions", "completions", "a completion"):
         replies.append(check_text(completion.get("response"), f"{where}.response", "a string response"))
         rating = ultrafeedback_rating(completion, where)
         scores.append(rating)
