@@ -57,12 +57,17 @@ def score_records(
 ) -> Iterator[Record]:
     """Each record with `scores.NAME` added (NAME defaults to the model directory's name), in order."""
     scorer = model if isinstance(model, RewardScorer) else RewardScorer(model, **scorer_options)
-    name = name or os.path.basename(os.path.normpath(scorer.model_dir))
+    name = score_name(scorer, name)
     iterator = iter(records)
     while window := list(islice(iterator, scorer.window)):
         results = scorer.iter_group_rewards(map(pair_group, window), progress)
         for record, result in zip(window, results, strict=True):
             yield {**record, "scores": {**(record.get("scores") or {}), name: score_entry(result)}}
+
+
+def score_name(scorer: RewardScorer, name: str | None = None) -> str:
+    """The key under `scores`: NAME, or the model directory's name."""
+    return name or os.path.basename(os.path.normpath(scorer.model_dir))
 
 
 def resume_path(output: str) -> str:
@@ -77,13 +82,21 @@ def score_stage(stage: Stage, scorer: RewardScorer, name: str | None = None) -> 
     re-run with the same output checks that its input starts with the same record ids, skips those
     records and continues, so windows line up and the result equals an uninterrupted run. At the end
     the resume file becomes the atomic output. Returns the resume file to delete after the stage
-    closes (None without an output path, or when nothing was scored).
+    closes (None without an output path, or when nothing was scored). Pairs cut to the model's
+    context (or --max-length) are counted as `truncated`.
     """
     records = stage.records(progress=False)  # the pairs bar below shows pairs/s and tokens/s
+    name = score_name(scorer, name)
+
+    def emit(record: Record) -> None:
+        if "truncated" in record["scores"][name]:
+            stage.counts["truncated"] += 1
+        stage.emit(record)
+
     if not stage.options.output:
         with _progress_bar(stage, 0) as progress:
             for record in score_records(records, scorer, name, progress):
-                stage.emit(record)
+                emit(record)
         return None
     sidecar = AppendStream(resume_path(stage.options.output), plain=True)
     try:
@@ -98,7 +111,7 @@ def score_stage(stage: Stage, scorer: RewardScorer, name: str | None = None) -> 
                     window = []
             sidecar.append(window)
         for line in sidecar.lines():
-            stage.emit(orjson.loads(line))
+            emit(orjson.loads(line))
     finally:
         sidecar.close(remove_if_empty=True)
     return sidecar.path if os.path.exists(sidecar.path) else None

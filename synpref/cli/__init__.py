@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
 
 import click
 
 from synpref import __version__
+from synpref.io.durable import remove_own_partials
 
 # name -> "module:attribute" of the click command; add a line here to register a new stage.
 COMMANDS: dict[str, str] = {
@@ -24,8 +32,74 @@ COMMANDS: dict[str, str] = {
 }
 
 
+class ClosedPipe(Exception):
+    """The reader of stdout went away. Raised in place of BrokenPipeError, which click's standalone
+    mode would otherwise catch and turn into exit status 1, the status of a real failure."""
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so the `with` blocks of the run (Stage, RecordWriter,
+    AtomicFile, the score resume file) abort and clean up as for Ctrl-C. A BaseException, so that
+    no `except Exception` in a library (model loading, say) swallows it."""
+
+
+TERM_GRACE_S = 5.0  # after SIGTERM, the longest the cleanup may take (or a torch op may hold the
+# main thread) before the process ends at once
+_terminating = threading.Event()
+
+
+def _unsafe(frame: FrameType | None) -> bool:
+    """Whether an exception raised in FRAME could be lost or fatal: during an import (torch's C
+    module imports numpy and drops a failure, leaving numpy half imported; pybind11 callbacks abort
+    the process on one) or in a finalizer (the exception is printed and dropped)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib") or frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _end_now() -> None:
+    """End the process without unwinding, first deleting the temp files of its open -o outputs."""
+    remove_own_partials()
+    os._exit(128 + signal.SIGTERM)
+
+
+def _watchdog() -> None:
+    """Started with the process (a thread started inside a signal handler could deadlock)."""
+    _terminating.wait()
+    time.sleep(TERM_GRACE_S)
+    _end_now()
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM: raise Terminated in the main thread, or end at once where raising is unsafe; the
+    watchdog ends the process if the cleanup has not within TERM_GRACE_S."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second TERM must not interrupt the cleanup
+    if _unsafe(frame):
+        _end_now()
+    _terminating.set()
+    raise Terminated
+
+
+@contextmanager
+def _pipe_closing_is_no_failure() -> Iterator[None]:
+    try:
+        yield
+    except BrokenPipeError:
+        raise ClosedPipe from None
+
+
 class LazyGroup(click.Group):
     """Imports a subcommand's module only when that subcommand runs (or help lists it)."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        with _pipe_closing_is_no_failure():  # --help and --version print while the context is made
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _pipe_closing_is_no_failure():
+            return super().invoke(ctx)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
@@ -55,10 +129,19 @@ def cli() -> None:
 
 
 def main() -> None:
-    """Console entry point: a closed pipe (`synpref cat x | head`) ends the run quietly."""
+    """Console entry point. A closed pipe (`synpref cat x | head`) ends the run quietly with status
+    141, as SIGPIPE ends a C tool; SIGTERM cleans up like Ctrl-C and ends with status 143."""
+    threading.Thread(target=_watchdog, name="synpref-sigterm", daemon=True).start()
+    signal.signal(signal.SIGTERM, _terminate)
     try:
-        cli.main(prog_name="synpref", standalone_mode=True)
-    except BrokenPipeError:
+        try:
+            cli.main(prog_name="synpref", standalone_mode=True)
+        finally:
+            if sys.stdout is not None:  # None when started with stdout closed (`>&-`)
+                sys.stdout.flush()  # what is still buffered fails here, not in the interpreter's exit
+    except (ClosedPipe, BrokenPipeError):
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        sys.exit(141)
+        os.dup2(devnull, sys.stdout.fileno())  # the exit's own flush of stdout then succeeds
+        sys.exit(128 + signal.SIGPIPE)
+    except Terminated:
+        _end_now()  # the run has unwound; exiting the interpreter could wait on a library's threads

@@ -30,7 +30,10 @@ from synpref.engines.torch_reward import DEFAULT_RECHECK_MARGIN
     "tokens (each pair's conversation once, its replies behind a block mask, attention per pair; 1: one "
     "pair per row), because padding costs as much as real tokens there.",
 )
-@max_length_option("Truncate longer pairs (see below); default: none.")
+@max_length_option(
+    "Truncate longer pairs (see below); default: the model's maximum positions (config "
+    "max_position_embeddings or the tokenizer's model_max_length, the smaller)."
+)
 @click.option(
     "--quantize",
     type=click.Choice(["bf16"]),
@@ -85,15 +88,17 @@ def score(
     their input order and every other field; existing scores under other names are kept.
 
     \b
-    Truncation (--max-length): the oldest history turns are dropped first (a user turn with the
-    replies after it; system messages stay), never the final reply; if the last user turn and
-    the reply still do not fit, the oldest tokens are cut. Such pairs get scores.NAME.truncated
-    ("turns" or "tokens") and scores.NAME.dropped_turns.
+    Truncation (--max-length, by default the model's context): the oldest history turns are
+    dropped first (a user turn with the replies after it; system messages stay), never the final
+    reply; if the last user turn and the reply still do not fit, the oldest tokens are cut (the
+    reward is read at the last token). Such pairs get scores.NAME.truncated ("turns" or "tokens")
+    and scores.NAME.dropped_turns, and are counted as `truncated N` on stderr.
 
     \b
     Resume: with -o OUT, finished pairs are saved to OUT.resume.jsonl every --window pairs; run
     the same command again after a kill or preemption and it continues where it stopped (the
     input must start with the same record ids). OUT appears atomically when all pairs are done.
+    SIGTERM (scancel, a preemption notice) stops at once and leaves no partial file.
     Use --shard I/N (or a SLURM array, see bin/score-slurm.sh) to split the work.
 
     \b

@@ -5,6 +5,7 @@
     # batch_tokens=None: 8192 padded tokens per batch on CUDA; on CPU pairs packed without padding
     # into rows of 1024 tokens (one pair per row with batch_tokens=1)
     # quantize="bf16": CPU bf16 matmuls, close calls re-scored in fp32 (see TorchRewardEngine.score)
+    # max_length=None: the model's context (`context_length`); longer pairs are truncated and marked
     scorer.rewards([(conversation, reply), ...])              -> list[float]   # any replies
     scorer.group_rewards([(conversation, [r1, r2, r3, r4]), ...]) -> list[list[float]]  # best-of-N
     scorer.iter_group_rewards(groups)                          -> Iterator[GroupReward]  # streaming
@@ -24,7 +25,7 @@ from typing import Any
 
 from synpref.engines import Progress, RewardEngine
 from synpref.engines.torch_reward import DEFAULT_RECHECK_MARGIN, TorchRewardEngine
-from synpref.models.formatting import Message, PairFormatter
+from synpref.models.formatting import Message, PairFormatter, context_length
 
 DEFAULT_WINDOW = 256  # groups sorted together; also the resume granularity of `synpref score -o`
 
@@ -66,17 +67,20 @@ class RewardScorer:
             self.engine: RewardEngine = TorchRewardEngine(
                 model_dir, batch_tokens, device, quantize, prefix_reuse, recheck_margin
             )
-            tokenizer = self.engine.tokenizer
+            tokenizer, config = self.engine.tokenizer, self.engine.model.config
         elif engine == "vllm":
             from synpref.engines.vllm_reward import VllmRewardEngine
 
             if quantize is not None:
                 raise ValueError("quantize is an option of the torch engine")
             self.engine = VllmRewardEngine(model_dir, max_model_len=max_length, **engine_options)
+            from transformers import AutoConfig
+
             tokenizer = load_tokenizer(model_dir)
+            config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
         else:
             raise ValueError(f"unknown engine {engine!r} (torch or vllm)")
-        self.formatter = PairFormatter(tokenizer, max_length)
+        self.formatter = PairFormatter(tokenizer, max_length or context_length(config, tokenizer))
 
     def iter_group_rewards(
         self, groups: Iterable[Group], progress: Progress | None = None

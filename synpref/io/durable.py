@@ -3,7 +3,8 @@ streams that survive a kill.
 
 - `AtomicFile`: bytes go to a temp file beside PATH, which is fsynced and renamed over PATH only on
   commit, so a killed job never leaves a complete-looking half file (stream outputs, dedupe's work
-  files, eval reports).
+  files, eval reports). The temp file is named `.NAME.HOST-PID.RANDOM.partial` after its writer, so
+  the next writer of PATH removes the ones a SIGKILL left behind (their process is gone).
 - `AppendStream`: a JSON Lines file that grows by frames, each written with one write() call and
   fsynced before `append` returns; reopening it cuts a torn last frame left by a crash (score's
   resume file, label streams). A plain file's frames are lines; a zstd file's frames are zstd frames
@@ -13,8 +14,11 @@ streams that survive a kill.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import fcntl
 import os
+import re
+import socket
 import sys
 import tempfile
 from array import array
@@ -27,6 +31,8 @@ from synpref.io.errors import StreamError
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 PLAIN_SUFFIXES = (".jsonl", ".json", ".ndjson")
+PARTIAL = ".partial"
+_OPEN: dict[str, int] = {}  # temp file of each uncommitted AtomicFile -> the pid that opened it
 
 
 def _current_umask() -> int:
@@ -35,29 +41,92 @@ def _current_umask() -> int:
     return mask
 
 
+def _host() -> str:
+    """This machine's short name as it can appear in a file name (no dots: the name is parsed)."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0])[:32] or "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_partials(path: str) -> list[str]:
+    """Delete the temp files of PATH whose writer, on this machine, is no longer running; returns them.
+
+    Only `.NAME.HOST-PID.RANDOM.partial` names are matched (NAME exactly, so `out.zst` never touches
+    the partials of `out.zst.1`); a partial from another host (a shared file system) or from a live
+    process, even one that reused a dead writer's pid, is left alone.
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    prefix, host, removed = f".{name}.", _host(), []
+    try:
+        entries = os.listdir(directory)
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if not (entry.startswith(prefix) and entry.endswith(PARTIAL)):
+            continue
+        owner, _, random_part = entry[len(prefix) : -len(PARTIAL)].partition(".")
+        writer_host, _, pid = owner.rpartition("-")
+        if not random_part or "." in random_part or writer_host != host or not pid.isdigit():
+            continue
+        if not _alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):  # another writer of PATH may remove it first
+                os.unlink(os.path.join(directory, entry))
+                removed.append(entry)
+    return removed
+
+
+def remove_own_partials() -> None:
+    """Delete the temp files of the AtomicFiles this process has open, for a process that must end
+    at once without unwinding (SIGTERM inside an import, or a cleanup that overran its time)."""
+    for temp, pid in list(_OPEN.items()):
+        if pid == os.getpid():  # not a forked child's inherited view of its parent's files
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+
+
 class AtomicFile:
-    """A binary file that appears at PATH, whole, on `commit()`; `abort()` leaves PATH as it was."""
+    """A binary file that appears at PATH, whole, on `commit()`; `abort()` leaves PATH as it was.
+
+    Opening one removes the partials of PATH that killed writers left (`remove_stale_partials`).
+    """
 
     def __init__(self, path: str):
         self.path = path
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
+        remove_stale_partials(path)
         descriptor, self._temp = tempfile.mkstemp(
-            prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=directory
+            prefix=f".{os.path.basename(path)}.{_host()}-{os.getpid()}.", suffix=PARTIAL, dir=directory
         )
-        os.chmod(self._temp, 0o666 & ~_current_umask())  # mkstemp makes 0600; match a plain open()
+        _OPEN[self._temp] = os.getpid()
         self.handle: IO[bytes] = os.fdopen(descriptor, "wb")
+        os.chmod(self._temp, 0o666 & ~_current_umask())  # mkstemp makes 0600; match a plain open()
 
     def commit(self) -> None:
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
-        os.replace(self._temp, self.path)
+        """Make PATH the written bytes; on any failure (a full disk, SIGTERM) the temp file goes."""
+        try:
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+            self.handle.close()
+            os.replace(self._temp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        _OPEN.pop(self._temp, None)
 
     def abort(self) -> None:
         self.handle.close()
-        if os.path.exists(self._temp):
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self._temp)
+        _OPEN.pop(self._temp, None)
 
     def __enter__(self) -> IO[bytes]:
         return self.handle

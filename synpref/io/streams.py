@@ -289,14 +289,19 @@ class RecordWriter:
             self._buffered = 0
 
     def close(self) -> None:
-        """Finish the stream; only now does PATH appear."""
-        self.flush()
-        if self._sink is not self._target:
-            self._sink.close()  # ends the gzip member / zstd frame; the target stays open
-        self._target.flush()
-        if self._file is not None:
-            self._file.commit()
-            self._file = None
+        """Finish the stream; only now does PATH appear. A failure on the way (a closed pipe, a full
+        disk, SIGTERM) aborts, so no temp file is left behind."""
+        try:
+            self.flush()
+            if self._sink is not self._target:
+                self._sink.close()  # ends the gzip member / zstd frame; the target stays open
+            self._target.flush()
+            if self._file is not None:
+                self._file.commit()
+                self._file = None
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self) -> None:
         """Drop a half-written output: the temp file goes, PATH is left as it was."""

@@ -11,6 +11,11 @@ dropped first, a user turn together with the replies that follow it, keeping sys
 final reply is never dropped. If the last user turn plus the reply still do not fit, the oldest
 tokens are cut (the reward is read at the last token, so the end is kept). Truncated groups are
 marked: `truncated` is "turns" or "tokens", with `dropped_turns` the number of messages dropped.
+A scorer's default `max_length` is the model's context (`context_length`): beyond it a model either
+fails or runs for minutes on text it was never trained to read.
+
+A text of far more than `max_length` tokens (a 5 MB reply) is cut to its end before it is tokenized
+at all (`PairFormatter.cut`), with the same result as tokenizing it whole; see there why.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from typing import Any
 Message = dict[str, str]
 SENTINEL_USER = "\u2063synpref-user\u2063"
 SENTINEL_SYSTEM = "\u2063synpref-system\u2063"
+CUT_CHARS_PER_TOKEN = 16  # first guess of the characters that hold max_length tokens, per token
+CUT_MARGIN = 64  # tokens a cut text must hold beyond max_length: where the cut splits a word
+NO_LIMIT = 1 << 40  # tokenizers without a declared limit report model_max_length = 1e30
 
 
 @dataclass
@@ -67,6 +75,14 @@ def default_system_prompt(tokenizer: Any) -> str | None:
     return None
 
 
+def context_length(config: Any, tokenizer: Any) -> int | None:
+    """The most tokens the model reads: config.max_position_embeddings or the tokenizer's
+    model_max_length, the smaller of those that are set and finite; None when neither is."""
+    limits = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    finite = [limit for limit in limits if isinstance(limit, int) and 0 < limit < NO_LIMIT]
+    return min(finite, default=None)
+
+
 class PairFormatter:
     """Renders and tokenizes (conversation, reply) groups for a reward model's tokenizer."""
 
@@ -88,12 +104,43 @@ class PairFormatter:
             ids = [self._bos, *ids]
         return ids
 
+    def cut(self, text: str) -> str:
+        """The end of TEXT that alone holds more than max_length + CUT_MARGIN tokens, or all of it.
+
+        Any sequence holding such a piece is over max_length, as it is with the whole text, so every
+        truncation decision is the same, and the kept tokens (the last max_length) all come from
+        after the cut's first CUT_MARGIN tokens, where the piece tokenizes as the whole text does
+        (a cut splits one word; tokenizers split words at whitespace and punctuation). Tokens hold
+        any number of characters (one emoji is several tokens, a run of spaces one), so the guess of
+        CUT_CHARS_PER_TOKEN characters per token is checked by tokenizing the piece, and doubled until
+        it holds enough: tokenizing costs the piece's length, not the text's.
+        """
+        if self.max_length is None:
+            return text
+        keep = self.max_length * CUT_CHARS_PER_TOKEN
+        while keep < len(text):
+            piece = text[-keep:]
+            if len(self.tokenizer(piece, add_special_tokens=False)["input_ids"]) > self.max_length + CUT_MARGIN:
+                return piece
+            keep *= 2
+        return text
+
+    def _cut_message(self, message: Message) -> Message:
+        content = self.cut(message["content"])
+        return message if content is message["content"] else {**message, "content": content}
+
     def encode_group(self, conversation: Sequence[Message], replies: Sequence[str]) -> EncodedGroup:
         """All replies after the same conversation, truncated together so they keep a shared prefix."""
-        history = list(conversation)
+        history = [self._cut_message(message) for message in conversation]
+        replies = [self.cut(reply) for reply in replies]
         sequences = [self.encode(history, reply) for reply in replies]
         if self.max_length is None or max(map(len, sequences)) <= self.max_length:
             return EncodedGroup(sequences)
+        shortest = _shortest_history(history)
+        if len(shortest) < len(history):  # when no dropping of turns fits, skip encoding each step
+            last = [self.encode(shortest, reply) for reply in replies]
+            if max(map(len, last)) > self.max_length:
+                return EncodedGroup([s[-self.max_length :] for s in last], "tokens", len(history) - len(shortest))
         dropped = 0
         while max(map(len, sequences)) > self.max_length:
             shorter = _drop_oldest_turn(history)
@@ -104,6 +151,13 @@ class PairFormatter:
             history = shorter
             sequences = [self.encode(history, reply) for reply in replies]
         return EncodedGroup(sequences, "turns", dropped)
+
+
+def _shortest_history(history: list[Message]) -> list[Message]:
+    """History with every turn dropped that truncation may drop."""
+    while (shorter := _drop_oldest_turn(history)) is not None:
+        history = shorter
+    return history
 
 
 def _drop_oldest_turn(history: list[Message]) -> list[Message] | None:
