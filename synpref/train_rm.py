@@ -39,7 +39,7 @@ from synpref import __version__
 from synpref.engines.torch_train import RewardModelTrainer, StepResult, TrainPair
 from synpref.eval.pairs import field_value, pair_results
 from synpref.io import AppendStream, AtomicFile, write_atomic
-from synpref.models.formatting import PairFormatter
+from synpref.models.formatting import PairFormatter, context_length
 from synpref.records import Record, is_pair
 from synpref.stage import Stage, StageOptions
 
@@ -142,9 +142,13 @@ class TrainingRun:
         import torch
 
         torch.manual_seed(config.seed)
+        from transformers import AutoConfig
+
         from synpref.models.tokenizer import load_tokenizer
 
-        formatter = PairFormatter(load_tokenizer(config.model), config.max_length)
+        tokenizer = load_tokenizer(config.model)
+        model_config = AutoConfig.from_pretrained(config.model, local_files_only=True)
+        formatter = PairFormatter(tokenizer, config.max_length or context_length(model_config, tokenizer))
         train = load_pairs(config.train, formatter, self.counts, config.margin_field, config.progress)
         gold_counts: Counter[str] = Counter()
         gold = load_pairs(config.gold, formatter, gold_counts, None, config.progress)

@@ -20,7 +20,7 @@ TRAINING_OPTIONS = [
     click.option("--global-batch", type=click.IntRange(min=1), default=256, show_default=True,
                  help="Pairs per optimizer step, over all processes; micro-batches accumulate to it."),
     max_length_option("Truncate longer pairs exactly as `synpref score` does (oldest turns first, then the "
-                      "oldest tokens); truncated pairs are counted, never dropped. Default: no limit."),
+                      "oldest tokens); truncated pairs are counted, never dropped. Default: the model's context."),
     click.option("--schedule", type=click.Choice(SCHEDULES), default="linear", show_default=True,
                  help="After warmup: linear decay to 0 (the paper's development runs), constant (its final "
                       "runs: ~35% less compute, same results) or cosine."),
