@@ -39,7 +39,10 @@ def _run(root: Path, arguments: list[str]) -> None:
     subprocess.run([sys.executable, "-c", BOOT, str(root), *arguments], check=True, capture_output=True)
 
 
-def _content(path: Path) -> bytes:
+def _content(path: Path) -> bytes | None:
+    """The decompressed bytes of an output, None when the command wrote none (e.g. nothing removed)."""
+    if not path.exists():
+        return None
     data = path.read_bytes()
     return zstandard.ZstdDecompressor().decompressobj().decompress(data) if data[:4] == b"\x28\xb5\x2f\xfd" else data
 
@@ -103,7 +106,7 @@ def main() -> None:
                     results.append([_content(out / output) for output in outputs])
                 same = results[0] == results[1]
                 failed += not same
-                size = sum(len(content) for content in results[0])
+                size = sum(len(content or b"") for content in results[0])
                 print(f"{'same' if same else 'DIFFERENT':>9}  {name}  ({size:,} bytes)", flush=True)
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(other)], check=False)
