@@ -131,3 +131,17 @@ def test_pair_problems_on_real_rows(examples):
     assert problems.count("empty_chosen") + problems.count("empty_rejected") == expected_empty
     assert pair_problems({"conversation": [{"role": "user", "content": "q"}], "chosen": "x", "rejected": "x"}) == [
         "chosen_equals_rejected"]
+
+
+def test_filter_records_routes_every_record_with_its_reason():
+    """The keep/remove-with-reason helper filter-consistent builds on: conservation and reasons."""
+    from synpref.stage import Verdict, filter_records
+
+    records = [{"id": f"r{i}", "source": "s", "conversation": [{"role": "user", "content": "q"}],
+                "chosen": "a" * i, "rejected": "b"} for i in range(1, 6)]
+    kept, removed, counts = filter_records(
+        records, lambda r: Verdict(True, "long") if len(r["chosen"]) > 2 else Verdict(False, "short", {"n": 1})
+    )
+    assert [r["id"] for r in kept] == ["r3", "r4", "r5"] and [r["id"] for r in removed] == ["r1", "r2"]
+    assert all(r["reason"] == "short" and r["n"] == 1 for r in removed)
+    assert counts["kept"] == 3 and counts["kept_long"] == 3 and counts["removed_short"] == 2
