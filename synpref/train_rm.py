@@ -69,11 +69,12 @@ class TrainConfig:
     save_every: int | None = None  # default: eval_every
     seed: int = 0
     device: str | None = None
+    shard_optimizer: bool = False
     progress: bool | None = None
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resume must share (not the device, progress or save cadence)."""
-        keep = {k: v for k, v in asdict(self).items() if k not in ("device", "progress", "save_every", "output")}
+        keep = {k: v for k, v in asdict(self).items() if k not in ("device", "shard_optimizer", "progress", "save_every", "output")}
         keep["inputs"] = {"train": [_file_hash(p) for p in self.train], "gold": [_file_hash(p) for p in self.gold]}
         return keep
 
@@ -162,11 +163,14 @@ class TrainingRun:
         self.trainer = RewardModelTrainer(
             config.model, config.lr, total, warmup, config.schedule, config.weight_decay, config.max_grad_norm,
             config.center, config.train_layers, config.gradient_checkpointing, config.batch_tokens, config.device,
+            config.shard_optimizer,
         )
         trainer = self.trainer
         if trainer.frozen_backbone:
             self.echo(f"synpref train-rm: frozen backbone: computing last-layer states of {len(train)} pairs once")
-            trainer.cache_features(train)
+            bar = Stage("train-rm", StageOptions(progress=config.progress)).progress_bar(unit="pair", total=len(train))
+            trainer.cache_features(train, lambda pairs, tokens: bar.update(pairs))
+            bar.close()
         self._finish_best_swap()
         state = self._resume(fingerprint)
         step, best = state.get("step", 0), state.get("best", {"accuracy": -1.0, "step": -1})
@@ -251,6 +255,7 @@ class TrainingRun:
 
     def _checkpoint(self, step: int, best: dict[str, Any], fingerprint: dict[str, Any],
                     log: AppendStream | None) -> None:
+        self.trainer.gather_optimizer()
         if self.trainer.rank != 0:
             self._barrier()
             return

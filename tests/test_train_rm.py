@@ -165,20 +165,34 @@ def test_kill_and_resume_ends_with_the_weights_of_an_uninterrupted_run(smollm2_r
     assert [e for e in _log(whole) if "gold_accuracy" in e] == [e for e in _log(resumed) if "gold_accuracy" in e]
 
 
+DATA_PARALLEL = ["--train-layers", "1", "--lr", "1e-4", "--global-batch", "8", "--eval-every", "100",
+                 "--warmup-ratio", "0"]
+
+
+@pytest.fixture(scope="module")
+def one_process(smollm2_rm, hh, tmp_path_factory) -> tuple[Path, list[float]]:
+    """24 pairs trained in one process: the reference of the data-parallel runs, and its losses."""
+    _, gold = hh
+    folder = tmp_path_factory.mktemp("one")
+    small = folder / "small.jsonl.zst"
+    write_records(list(read_json_records(str(hh[0])))[:24], str(small))
+    subprocess.run(_train_command(smollm2_rm, small, gold, folder / "run", *DATA_PARALLEL), env=ENV, check=True,
+                   capture_output=True)
+    return small, [e["loss"] for e in _log(folder / "run") if "loss" in e]
+
+
 @pytest.mark.slow
-def test_two_process_data_parallel_equals_one_process(smollm2_rm, hh, tmp_path):
-    train, gold = hh
-    options = ["--train-layers", "1", "--lr", "1e-4", "--global-batch", "8", "--eval-every", "100",
-               "--warmup-ratio", "0"]
-    small = tmp_path / "small.jsonl.zst"
-    write_records(list(read_json_records(str(train)))[:24], str(small))
-    one = tmp_path / "one"
-    subprocess.run(_train_command(smollm2_rm, small, gold, one, *options), env=ENV, check=True, capture_output=True)
-    two = tmp_path / "two"  # through the SLURM script, run here as on one node with 2 "GPUs" (gloo on CPU)
+@pytest.mark.parametrize("sharding", [[], ["--shard-optimizer", "--save-every", "1"]], ids=["ddp", "zero1"])
+def test_two_process_data_parallel_equals_one_process(smollm2_rm, hh, one_process, tmp_path, sharding):
+    """Two gloo processes through the SLURM script (as on one node with 2 "GPUs") follow the loss
+    curve of one process with the same global batch, also with the optimizer state sharded (ZeRO-1,
+    checkpointing every step so that the sharded state is gathered)."""
+    small, losses = one_process
+    two = tmp_path / "two"
     script = Path(__file__).resolve().parent.parent / "bin" / "train-rm.sbatch"
-    env = {**ENV, "GPUS_PER_NODE": "2", "MASTER_PORT": "29533", "PATH": f"{Path(sys.executable).parent}:{ENV['PATH']}"}
-    result = subprocess.run(["bash", str(script), str(smollm2_rm), str(small), str(gold), str(two), *options],
-                            env=env, capture_output=True, text=True, timeout=900)
+    env = {**ENV, "GPUS_PER_NODE": "2", "MASTER_PORT": str(29533 + len(sharding)),
+           "PATH": f"{Path(sys.executable).parent}:{ENV['PATH']}"}
+    result = subprocess.run(["bash", str(script), str(smollm2_rm), str(small), str(hh[1]), str(two),
+                             *DATA_PARALLEL, *sharding], env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    losses = [[e["loss"] for e in _log(out) if "loss" in e] for out in (one, two)]
-    assert len(losses[0]) == 3 and losses[0] == pytest.approx(losses[1], rel=1e-4)
+    assert len(losses) == 3 and losses == pytest.approx([e["loss"] for e in _log(two) if "loss" in e], rel=1e-4)

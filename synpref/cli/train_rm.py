@@ -48,6 +48,9 @@ TRAINING_OPTIONS = [
                  help="Resume checkpoint every N steps (default: --eval-every); SIGTERM also saves one."),
     click.option("--seed", type=int, default=0, show_default=True, help="Data order and dropout."),
     click.option("--device", help="torch device (default: cuda when available, else cpu)."),
+    click.option("--shard-optimizer", is_flag=True,
+                 help="Under torchrun: ZeRO stage 1 (the paper's final runs): each process keeps the AdamW "
+                      "state of 1/world of the parameters, the steps are unchanged."),
     click.option("--progress/--no-progress", default=None, help="tqdm bar (pairs/s). Default: when stderr is a terminal."),
 ]
 
@@ -75,7 +78,8 @@ def train_rm(**options) -> None:
     143; after SIGTERM or SIGKILL the same command continues from the last checkpoint (weights,
     optimizer, schedule, RNG, data position) and ends with the weights of an uninterrupted run. A
     finished OUTDIR is left alone. Under torchrun every process takes its share of each global
-    batch and gradients are summed once per step (data parallel); see bin/train-rm.sbatch.
+    batch and gradients are summed once per step (data parallel); --shard-optimizer also splits the
+    AdamW state over the processes (ZeRO-1). See bin/train-rm.sbatch.
 
     \b
     Examples:

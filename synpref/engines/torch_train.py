@@ -13,6 +13,12 @@ Loss per pair (TRL's RewardTrainer, OpenRLHF's PairWiseLoss): -log sigmoid(r_c -
 `train_layers` K trains only the top K decoder blocks, the final norm and the head; K = 0 trains the
 head alone on last-layer states computed once (`FrozenFeatures`), which trains a useful head in
 minutes on a laptop CPU.
+
+`shard_optimizer` (ZeRO stage 1, as the paper's final runs used with DeepSpeed): under torchrun each
+process keeps the AdamW moments of only its share of the parameters
+(`torch.distributed.optim.ZeroRedundancyOptimizer`) and broadcasts its updated share after the step,
+cutting optimizer memory by the number of processes; gradients are still summed in full, so the steps
+are those of unsharded training.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from synpref.engines import Progress
 from synpref.engines.batching import token_budget_batches
 from synpref.engines.torch_reward import TorchRewardEngine
 from synpref.models.formatting import EncodedGroup
@@ -77,7 +84,7 @@ class FrozenFeatures:
     """Last-layer states of every (chosen, rejected) group, computed once: with a frozen backbone the
     head trains, and is evaluated, on these alone."""
 
-    def __init__(self, engine: TorchRewardEngine, groups: Sequence[EncodedGroup]):
+    def __init__(self, engine: TorchRewardEngine, groups: Sequence[EncodedGroup], progress: Progress | None = None):
         torch = engine.torch
         self.states: list[Any] = [None] * len(groups)
         longest = lambda group: max(map(len, group.sequences))  # noqa: E731
@@ -86,6 +93,8 @@ class FrozenFeatures:
                 states = engine.reply_states([groups[i] for i in batch]).float()
                 for offset, index in enumerate(batch):
                     self.states[index] = states[2 * offset : 2 * offset + 2].clone()
+                if progress is not None:
+                    progress(len(batch), sum(len(s) for i in batch for s in groups[i].sequences))
 
 
 class RewardModelTrainer:
@@ -105,6 +114,7 @@ class RewardModelTrainer:
         gradient_checkpointing: bool = False,
         batch_tokens: int | None = None,
         device: str | None = None,
+        shard_optimizer: bool = False,
     ):
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
@@ -123,7 +133,14 @@ class RewardModelTrainer:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             self.engine.trim = False
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.parameters, lr=lr, weight_decay=weight_decay)
+        self.sharded = shard_optimizer and self.world > 1
+        if self.sharded:
+            from torch.distributed.optim import ZeroRedundancyOptimizer
+
+            self.optimizer = ZeroRedundancyOptimizer(self.parameters, optimizer_class=torch.optim.AdamW, lr=lr,
+                                                     weight_decay=weight_decay)
+        else:
+            self.optimizer = torch.optim.AdamW(self.parameters, lr=lr, weight_decay=weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, total_steps, warmup_steps, schedule)
         )
@@ -148,9 +165,9 @@ class RewardModelTrainer:
                 for parameter in module.parameters():
                     parameter.requires_grad_(True)
 
-    def cache_features(self, pairs: Sequence[TrainPair]) -> None:
+    def cache_features(self, pairs: Sequence[TrainPair], progress: Progress | None = None) -> None:
         """Frozen-backbone mode: compute the replies' last-layer states of PAIRS once."""
-        self.features = FrozenFeatures(self.engine, [pair.group for pair in pairs])
+        self.features = FrozenFeatures(self.engine, [pair.group for pair in pairs], progress)
 
     def _rewards(self, pairs: Sequence[TrainPair], indexes: Sequence[int] | None) -> Any:
         """(pairs, 2) rewards of chosen and rejected under autograd."""
@@ -220,8 +237,14 @@ class RewardModelTrainer:
         finally:
             self.model.train()
 
+    def gather_optimizer(self) -> None:
+        """Collect a sharded optimizer's state on rank 0 before `state` (every process must call it)."""
+        if self.sharded:
+            self.optimizer.consolidate_state_dict(to=0)
+
     def state(self) -> dict[str, Any]:
-        """What resuming needs besides the data position: trainable weights, optimizer, schedule, RNG."""
+        """What resuming needs besides the data position: trainable weights, optimizer (whole, also when
+        sharded: `gather_optimizer` first), schedule, RNG."""
         named = {name: p.detach().clone() for name, p in self.model.named_parameters() if p.requires_grad}
         return {"weights": named, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "rng": self.torch.get_rng_state()}
@@ -231,7 +254,7 @@ class RewardModelTrainer:
         with self.torch.no_grad():
             for name, value in state["weights"].items():
                 parameters[name].copy_(value)
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(state["optimizer"])  # a sharded optimizer keeps its own share
         self.scheduler.load_state_dict(state["scheduler"])
         self.torch.set_rng_state(state["rng"])
 
