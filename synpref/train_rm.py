@@ -69,12 +69,12 @@ class TrainConfig:
     save_every: int | None = None  # default: eval_every
     seed: int = 0
     device: str | None = None
-    shard_optimizer: bool = False
+    sharding: str = "none"  # none | optimizer (ZeRO-1) | model (FSDP): see engines/torch_train.py
     progress: bool | None = None
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resume must share (not the device, progress or save cadence)."""
-        keep = {k: v for k, v in asdict(self).items() if k not in ("device", "shard_optimizer", "progress", "save_every", "output")}
+        keep = {k: v for k, v in asdict(self).items() if k not in ("device", "progress", "save_every", "output")}
         keep["inputs"] = {"train": [_file_hash(p) for p in self.train], "gold": [_file_hash(p) for p in self.gold]}
         return keep
 
@@ -163,7 +163,7 @@ class TrainingRun:
         self.trainer = RewardModelTrainer(
             config.model, config.lr, total, warmup, config.schedule, config.weight_decay, config.max_grad_norm,
             config.center, config.train_layers, config.gradient_checkpointing, config.batch_tokens, config.device,
-            config.shard_optimizer,
+            config.sharding,
         )
         trainer = self.trainer
         if trainer.frozen_backbone:
@@ -221,14 +221,16 @@ class TrainingRun:
     # -- gold evaluation and checkpoints -------------------------------------------------------------
     def _evaluate(self, gold: list[TrainPair], step: int, best: dict[str, Any], fingerprint: dict[str, Any],
                   log: AppendStream | None) -> dict[str, Any]:
-        """Gold accuracy (ties 1/2) through the scoring path; a new best is saved to OUTDIR/best."""
-        if self.trainer.rank != 0:
+        """Gold accuracy (ties 1/2) through the scoring path; a new best is saved to OUTDIR/best. Rank 0
+        evaluates; under FSDP every process does (the forward gathers weights from all of them) and
+        reaches the same accuracy."""
+        if self.trainer.rank != 0 and not self.trainer.fsdp:
             self._barrier()
             return best
         rewards = np.array(self.trainer.gold_rewards(self.gold_groups))
         accuracy = float(pair_results(rewards[:, 0], rewards[:, 1]).mean())
-        assert log is not None
-        log.append([orjson.dumps({"step": step, "gold_accuracy": accuracy, "gold_pairs": len(gold)})])
+        if log is not None:
+            log.append([orjson.dumps({"step": step, "gold_accuracy": accuracy, "gold_pairs": len(gold)})])
         if accuracy > best["accuracy"]:
             best = {"accuracy": accuracy, "step": step}
             self._save_best(step, accuracy, fingerprint)
@@ -238,8 +240,11 @@ class TrainingRun:
     def _save_best(self, step: int, accuracy: float, fingerprint: dict[str, Any]) -> None:
         """Write the model to OUTDIR/.best.partial, then swap it in for OUTDIR/best."""
         temp, final, old = self.path(".best.partial"), self.path("best"), self.path(".best.old")
-        shutil.rmtree(temp, ignore_errors=True)
-        self.trainer.save_model(temp)
+        if self.trainer.rank == 0:
+            shutil.rmtree(temp, ignore_errors=True)
+        self.trainer.save_model(temp)  # under FSDP every process gathers; rank 0 writes
+        if self.trainer.rank != 0:
+            return
         metadata = {"synpref": __version__, "base_model": self.config.model, "step": step, "gold_accuracy": accuracy,
                     "options": fingerprint, "counts": dict(self.counts)}
         write_atomic(os.path.join(temp, "training.json"), orjson.dumps(metadata, option=orjson.OPT_INDENT_2))
@@ -255,15 +260,15 @@ class TrainingRun:
 
     def _checkpoint(self, step: int, best: dict[str, Any], fingerprint: dict[str, Any],
                     log: AppendStream | None) -> None:
-        self.trainer.gather_optimizer()
-        if self.trainer.rank != 0:
+        trainer_state = self.trainer.state()  # every process: sharded state is gathered on rank 0
+        if trainer_state is None:
             self._barrier()
             return
         import torch
 
         os.makedirs(self.path("checkpoint"), exist_ok=True)
         state = {"step": step, "best": best, "fingerprint": fingerprint,
-                 "log_lines": len(log) if log is not None else 0, **self.trainer.state()}
+                 "log_lines": len(log) if log is not None else 0, **trainer_state}
         with AtomicFile(self.path("checkpoint", "state.pt")) as handle:
             torch.save(state, handle)
         self._barrier()

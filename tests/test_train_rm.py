@@ -165,7 +165,7 @@ def test_kill_and_resume_ends_with_the_weights_of_an_uninterrupted_run(smollm2_r
     assert [e for e in _log(whole) if "gold_accuracy" in e] == [e for e in _log(resumed) if "gold_accuracy" in e]
 
 
-DATA_PARALLEL = ["--train-layers", "1", "--lr", "1e-4", "--global-batch", "8", "--eval-every", "100",
+DATA_PARALLEL = ["--train-layers", "1", "--lr", "1e-4", "--global-batch", "4", "--eval-every", "100",
                  "--warmup-ratio", "0"]
 
 
@@ -178,21 +178,58 @@ def one_process(smollm2_rm, hh, tmp_path_factory) -> tuple[Path, list[float]]:
     write_records(list(read_json_records(str(hh[0])))[:24], str(small))
     subprocess.run(_train_command(smollm2_rm, small, gold, folder / "run", *DATA_PARALLEL), env=ENV, check=True,
                    capture_output=True)
-    return small, [e["loss"] for e in _log(folder / "run") if "loss" in e]
+    return folder / "run", [e["loss"] for e in _log(folder / "run") if "loss" in e]
+
+
+def _two_processes(model: Path, train: Path, gold: Path, out: Path, *extra: str, port: int) -> subprocess.Popen:
+    """`synpref train-rm` through the SLURM script, run here as on one node with 2 "GPUs" (gloo on CPU)."""
+    script = Path(__file__).resolve().parent.parent / "bin" / "train-rm.sbatch"
+    env = {**ENV, "GPUS_PER_NODE": "2", "MASTER_PORT": str(port), "PATH": f"{Path(sys.executable).parent}:{ENV['PATH']}"}
+    return subprocess.Popen(["bash", str(script), str(model), str(train), str(gold), str(out), *DATA_PARALLEL, *extra],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _same_weights(first: Path, second: Path) -> None:
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(first / "best" / "model.safetensors")), load_file(str(second / "best" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert (a[name] - b[name]).abs().max().item() <= 1e-5, name
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sharding", [[], ["--shard-optimizer", "--save-every", "1"]], ids=["ddp", "zero1"])
+@pytest.mark.parametrize("sharding", ["none", "optimizer"], ids=["ddp", "zero1"])
 def test_two_process_data_parallel_equals_one_process(smollm2_rm, hh, one_process, tmp_path, sharding):
-    """Two gloo processes through the SLURM script (as on one node with 2 "GPUs") follow the loss
-    curve of one process with the same global batch, also with the optimizer state sharded (ZeRO-1,
-    checkpointing every step so that the sharded state is gathered)."""
-    small, losses = one_process
+    """Two processes follow the loss curve of one process with the same global batch, also with the
+    optimizer state sharded (ZeRO-1, checkpointing every step so that the sharded state is gathered)."""
+    reference, losses = one_process
+    small = reference.parent / "small.jsonl.zst"
     two = tmp_path / "two"
-    script = Path(__file__).resolve().parent.parent / "bin" / "train-rm.sbatch"
-    env = {**ENV, "GPUS_PER_NODE": "2", "MASTER_PORT": str(29533 + len(sharding)),
-           "PATH": f"{Path(sys.executable).parent}:{ENV['PATH']}"}
-    result = subprocess.run(["bash", str(script), str(smollm2_rm), str(small), str(hh[1]), str(two),
-                             *DATA_PARALLEL, *sharding], env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert len(losses) == 3 and losses == pytest.approx([e["loss"] for e in _log(two) if "loss" in e], rel=1e-4)
+    process = _two_processes(smollm2_rm, small, hh[1], two, "--sharding", sharding, "--save-every", "1",
+                             port=29533 + len(sharding))
+    _, stderr = process.communicate(timeout=900)
+    assert process.returncode == 0, stderr[-3000:]
+    assert len(losses) == 6 and losses == pytest.approx([e["loss"] for e in _log(two) if "loss" in e], rel=1e-4)
+    _same_weights(reference, two)
+
+
+@pytest.mark.slow
+def test_fsdp_preempted_and_resumed_equals_one_process(smollm2_rm, hh, one_process, tmp_path):
+    """FSDP (weights, gradients and AdamW state split over 2 processes): SIGTERM after the first
+    checkpoint, then the same command; the loss curve and the best weights equal one process's."""
+    reference, losses = one_process
+    small = reference.parent / "small.jsonl.zst"
+    out = tmp_path / "fsdp"
+    process = _two_processes(smollm2_rm, small, hh[1], out, "--sharding", "model", "--save-every", "1", port=29541)
+    deadline = time.time() + 600
+    while time.time() < deadline and not (out / "checkpoint" / "state.pt").exists() and process.poll() is None:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGTERM)  # as SLURM signals every process of the job
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode != 0 and not (out / ".done").exists(), stderr[-3000:]
+    again = _two_processes(smollm2_rm, small, hh[1], out, "--sharding", "model", "--save-every", "1", port=29542)
+    _, stderr = again.communicate(timeout=900)
+    assert again.returncode == 0 and "resuming" in stderr, stderr[-3000:]
+    assert len(losses) == 6 and losses == pytest.approx([e["loss"] for e in _log(out) if "loss" in e], rel=1e-4)
+    _same_weights(reference, out)

@@ -48,9 +48,11 @@ TRAINING_OPTIONS = [
                  help="Resume checkpoint every N steps (default: --eval-every); SIGTERM also saves one."),
     click.option("--seed", type=int, default=0, show_default=True, help="Data order and dropout."),
     click.option("--device", help="torch device (default: cuda when available, else cpu)."),
-    click.option("--shard-optimizer", is_flag=True,
-                 help="Under torchrun: ZeRO stage 1 (the paper's final runs): each process keeps the AdamW "
-                      "state of 1/world of the parameters, the steps are unchanged."),
+    click.option("--sharding", type=click.Choice(["none", "optimizer", "model"]), default="none", show_default=True,
+                 help="Under torchrun, split the training state over the processes (the steps are unchanged): "
+                      "optimizer = ZeRO stage 1 (the paper's final runs), each process keeps the AdamW state of "
+                      "1/world of the weights; model = FSDP (ZeRO-3), weights, gradients and AdamW state split, "
+                      "for models that do not fit one GPU."),
     click.option("--progress/--no-progress", default=None, help="tqdm bar (pairs/s). Default: when stderr is a terminal."),
 ]
 
@@ -78,8 +80,8 @@ def train_rm(**options) -> None:
     143; after SIGTERM or SIGKILL the same command continues from the last checkpoint (weights,
     optimizer, schedule, RNG, data position) and ends with the weights of an uninterrupted run. A
     finished OUTDIR is left alone. Under torchrun every process takes its share of each global
-    batch and gradients are summed once per step (data parallel); --shard-optimizer also splits the
-    AdamW state over the processes (ZeRO-1). See bin/train-rm.sbatch.
+    batch and gradients are summed once per step (data parallel); --sharding optimizer|model also
+    splits the AdamW state (ZeRO-1) or the whole model (FSDP). See bin/train-rm.sbatch.
 
     \b
     Examples:

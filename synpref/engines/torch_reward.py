@@ -74,6 +74,8 @@ class TorchRewardEngine:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self._read_rows: Any = None  # flat (batch * position) rows the head reads in the running forward
         self.trim = True  # off under gradient checkpointing, whose recomputation must see the same shapes
+        # the context scoring runs in; FSDP training swaps in no_grad, as its gathered buffers outlive a call
+        self.no_grad: Any = torch.inference_mode
         self._trim_last_mlp()
 
     def _trim_last_mlp(self) -> None:
@@ -160,7 +162,7 @@ class TorchRewardEngine:
         self, groups: Sequence[EncodedGroup], batch: list[int], results: list[list[float]], progress
     ) -> None:
         members = [groups[index] for index in batch]
-        with self.torch.inference_mode():
+        with self.no_grad():
             rewards = self.rewards(members).cpu().tolist()
         position = 0
         for index, group in zip(batch, members, strict=True):

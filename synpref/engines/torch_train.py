@@ -14,11 +14,13 @@ Loss per pair (TRL's RewardTrainer, OpenRLHF's PairWiseLoss): -log sigmoid(r_c -
 head alone on last-layer states computed once (`FrozenFeatures`), which trains a useful head in
 minutes on a laptop CPU.
 
-`shard_optimizer` (ZeRO stage 1, as the paper's final runs used with DeepSpeed): under torchrun each
-process keeps the AdamW moments of only its share of the parameters
-(`torch.distributed.optim.ZeroRedundancyOptimizer`) and broadcasts its updated share after the step,
-cutting optimizer memory by the number of processes; gradients are still summed in full, so the steps
-are those of unsharded training.
+Sharding under torchrun, for models whose training state does not fit one device (the steps stay those
+of unsharded training): `shard="optimizer"` is ZeRO stage 1 (the paper's final runs, with DeepSpeed):
+each process keeps the AdamW moments of its share of the parameters
+(`torch.distributed.optim.ZeroRedundancyOptimizer`), gradients are still summed in full.
+`shard="model"` is FSDP (torch's `fully_shard`, ZeRO stage 3): weights, gradients and optimizer state
+are split over the processes, each decoder block gathered only while it runs; every process then takes
+part in gold evaluation and saving, which gather the whole model.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from synpref.engines.torch_reward import TorchRewardEngine
 from synpref.models.formatting import EncodedGroup
 
 SCHEDULES = ("linear", "constant", "cosine")
+SHARDING = ("none", "optimizer", "model")
 
 
 @dataclass
@@ -114,10 +117,12 @@ class RewardModelTrainer:
         gradient_checkpointing: bool = False,
         batch_tokens: int | None = None,
         device: str | None = None,
-        shard_optimizer: bool = False,
+        shard: str = "none",
     ):
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
+        if shard not in SHARDING:
+            raise ValueError(f"shard must be one of {', '.join(SHARDING)}, not {shard!r}")
         self.rank, self.world = distributed()
         if self.world > 1 and device is None:
             import torch
@@ -132,8 +137,11 @@ class RewardModelTrainer:
         if gradient_checkpointing and not self.frozen_backbone:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             self.engine.trim = False
+        self.fsdp = shard == "model" and self.world > 1
+        if self.fsdp:
+            self._fully_shard()
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
-        self.sharded = shard_optimizer and self.world > 1
+        self.sharded = shard == "optimizer" and self.world > 1
         if self.sharded:
             from torch.distributed.optim import ZeroRedundancyOptimizer
 
@@ -164,6 +172,17 @@ class RewardModelTrainer:
             if module is not None:
                 for parameter in module.parameters():
                     parameter.requires_grad_(True)
+
+    def _fully_shard(self) -> None:
+        """FSDP units: each decoder block, the head, and the backbone's remaining weights (embeddings,
+        final norm); the engine calls the backbone and the head as modules, so their hooks gather them."""
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in getattr(self.engine.backbone, "layers", None) or []:
+            fully_shard(layer)
+        fully_shard(self.engine.head)
+        fully_shard(self.engine.backbone)
+        self.engine.no_grad = self.torch.no_grad
 
     def cache_features(self, pairs: Sequence[TrainPair], progress: Progress | None = None) -> None:
         """Frozen-backbone mode: compute the replies' last-layer states of PAIRS once."""
@@ -200,7 +219,8 @@ class RewardModelTrainer:
                                     ((gap > 0).sum() + 0.5 * (gap == 0).sum()).item(),
                                     sum(pair.tokens for pair in members)], dtype=torch.float64)
         if self.world > 1:
-            self._all_reduce_gradients()
+            if not self.fsdp:  # FSDP reduce-scatters (averages) every gradient in backward itself
+                self._all_reduce_gradients()
             torch.distributed.all_reduce(totals)
         norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm if self.max_grad_norm > 0 else math.inf)
         lr = self.scheduler.get_last_lr()[0]
@@ -237,28 +257,65 @@ class RewardModelTrainer:
         finally:
             self.model.train()
 
-    def gather_optimizer(self) -> None:
-        """Collect a sharded optimizer's state on rank 0 before `state` (every process must call it)."""
-        if self.sharded:
-            self.optimizer.consolidate_state_dict(to=0)
+    def state(self) -> dict[str, Any] | None:
+        """What resuming needs besides the data position: trainable weights, the whole optimizer state,
+        schedule, RNG. Every process must call it (sharded state is gathered); rank 0 gets it, others None."""
+        trainable = [name for name, p in self.model.named_parameters() if p.requires_grad]
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-    def state(self) -> dict[str, Any]:
-        """What resuming needs besides the data position: trainable weights, optimizer (whole, also when
-        sharded: `gather_optimizer` first), schedule, RNG."""
-        named = {name: p.detach().clone() for name, p in self.model.named_parameters() if p.requires_grad}
-        return {"weights": named, "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "rng": self.torch.get_rng_state()}
+            full = self._full_model_state()  # empty on ranks other than 0
+            weights = {name: full[name] for name in trainable} if self.rank == 0 else {}
+            optimizer = get_optimizer_state_dict(self.model, self.optimizer, options=self._full_options())
+        else:
+            if self.sharded:
+                self.optimizer.consolidate_state_dict(to=0)
+            if self.rank != 0:
+                return None
+            parameters = dict(self.model.named_parameters())
+            weights = {name: parameters[name].detach().clone() for name in trainable}
+            optimizer = self.optimizer.state_dict()
+        if self.rank != 0:
+            return None
+        return {"weights": weights, "optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
+                "rng": self.torch.get_rng_state()}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        parameters = dict(self.model.named_parameters())
-        with self.torch.no_grad():
-            for name, value in state["weights"].items():
-                parameters[name].copy_(value)
-        self.optimizer.load_state_dict(state["optimizer"])  # a sharded optimizer keeps its own share
+        """Every process loads the whole state; a sharded optimizer or model keeps its own share."""
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
+
+            set_model_state_dict(self.model, state["weights"], options=StateDictOptions(full_state_dict=True, strict=False))
+            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=self._full_options())
+        else:
+            parameters = dict(self.model.named_parameters())
+            with self.torch.no_grad():
+                for name, value in state["weights"].items():
+                    parameters[name].copy_(value)
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.torch.set_rng_state(state["rng"])
 
     def save_model(self, directory: str) -> None:
-        """The model in HF layout (safetensors, fp32), with its tokenizer and chat template."""
-        self.model.save_pretrained(directory, safe_serialization=True)
+        """The model in HF layout (safetensors, fp32), with its tokenizer and chat template. Under FSDP
+        every process must call it (the weights are gathered); rank 0 writes."""
+        full = self._full_model_state() if self.fsdp else None
+        if self.rank != 0:
+            return
+        self.model.save_pretrained(directory, state_dict=full, safe_serialization=True)
         self.engine.tokenizer.save_pretrained(directory)
+
+    def _full_options(self) -> Any:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+        return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+    def _full_model_state(self) -> dict[str, Any]:
+        """The whole model's weights gathered from the FSDP shards (on CPU, rank 0 only)."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        return get_model_state_dict(self.model, options=self._full_options())
