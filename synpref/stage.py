@@ -27,6 +27,7 @@ ON_ERROR = ("fail", "skip", "count")
 # A record's position is (input line index) * POSITION_STRIDE + (its index among the records its row
 # expanded into): unique, in input order, and the same in every shard and pass.
 POSITION_STRIDE = 1 << 16
+Check = Callable[[Record], None]  # raises RecordError naming the field a stage cannot use
 
 
 @dataclass
@@ -172,21 +173,25 @@ class Stage:
             except StreamError as error:
                 self._divert(error, None)
 
-    def records(self, normalized: bool = True, progress: bool = True) -> Iterator[Record]:
+    def records(
+        self, normalized: bool = True, progress: bool = True, check: Check | None = None
+    ) -> Iterator[Record]:
         """Parsed (and by default canonical) records; bad ones raise or go to errors.
 
         `progress=False` leaves the bar to a stage that shows its own (pairs/s, tokens/s)."""
-        for record, _ in self.records_with_bytes(normalized, progress):
+        for record, _ in self.records_with_bytes(normalized, progress, check):
             yield record
 
     def records_with_bytes(
-        self, normalized: bool = True, progress: bool = True
+        self, normalized: bool = True, progress: bool = True, check: Check | None = None
     ) -> Iterator[tuple[Record, bytes | None]]:
         """Records, each with its input line when the record is exactly what was read.
 
         A stage that passes a record on untouched hands those bytes to `emit`, which writes them
         instead of serializing the record again (the costliest step of a pass-through stage).
         A row that normalizes to several records (or none) is handed to `_expanded`.
+        `check` raises RecordError for a record the stage cannot use (a malformed field it reads):
+        it is then a bad line like any other (file:line:field, or --errors), located where it was read.
         """
         bar = self.progress_bar(show=progress, unit="rec")
         # this loop runs once per record of every command: what it uses is bound to locals
@@ -198,6 +203,8 @@ class Stage:
             try:
                 row = loads(data) if type(data) is bytes_type else data
                 record = normalize(row) if normalized else row
+                if check is not None and type(record) is not expansion:
+                    check(record)
             except RecordError as error:
                 self._divert(StreamError(raw.path, raw.line, str(error), error.field), raw)
                 continue
@@ -208,7 +215,7 @@ class Stage:
                     self._divert(error, raw)
                 continue
             if type(record) is expansion:
-                yield from self._expanded(record, raw, row, bar)
+                yield from self._expanded(record, raw, row, bar, check)
                 continue
             if not rereading:
                 counts["read"] += 1
@@ -223,7 +230,9 @@ class Stage:
             yield record, data if unchanged else None
         bar.close()
 
-    def _expanded(self, expansion: Expansion, raw: RawLine, row: Any, bar: tqdm) -> Iterator[tuple[Record, None]]:
+    def _expanded(
+        self, expansion: Expansion, raw: RawLine, row: Any, bar: tqdm, check: Check | None = None
+    ) -> Iterator[tuple[Record, None]]:
         """The records of one row that a layout expanded: counted as `read` once, `expanded` for each
         record beyond the first, `skipped_<reason>` for each candidate pair the layout's rule did not
         form; a row that gives none is `diverted_<reason>` (and written to --diverted)."""
@@ -249,6 +258,13 @@ class Stage:
                 record = {"id": f"{default_id}:{index}", **record}
             if "source" not in record:
                 record["source"] = _stem(raw.path)
+            if check is not None:
+                try:
+                    check(record)
+                except RecordError as error:
+                    self._divert(StreamError(raw.path, raw.line, f"record {index} of the row: {error}",
+                                             error.field), raw)
+                    continue
             yield record, None
 
     def _divert_row(self, expansion: Expansion, raw: RawLine, row: Any) -> None:

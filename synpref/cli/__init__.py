@@ -29,6 +29,8 @@ COMMANDS: dict[str, str] = {
     "dedupe": "synpref.cli.dedupe:dedupe",
     "eval": "synpref.cli.eval:eval_group",
     "review": "synpref.cli.review:review",
+    "filter-consistent": "synpref.cli.filter_consistent:filter_consistent",
+    "route": "synpref.cli.route:route",
 }
 
 
