@@ -27,7 +27,7 @@ from synpref.engines import Progress
 from synpref.engines.reward import Group, GroupReward, RewardScorer
 from synpref.io import AppendStream
 from synpref.models.reward import sigmoid
-from synpref.records import Record, is_pair
+from synpref.records import Record, check_pair, is_pair
 from synpref.stage import Stage
 
 
@@ -85,7 +85,8 @@ def score_stage(stage: Stage, scorer: RewardScorer, name: str | None = None) -> 
     closes (None without an output path, or when nothing was scored). Pairs cut to the model's
     context (or --max-length) are counted as `truncated`.
     """
-    records = stage.records(progress=False)  # the pairs bar below shows pairs/s and tokens/s
+    # the pairs bar below shows pairs/s and tokens/s; a record that is no pair is a bad record
+    records = stage.records(progress=False, check=lambda record: check_pair(record, "score"))
     name = score_name(scorer, name)
 
     def emit(record: Record) -> None:

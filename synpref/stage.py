@@ -202,7 +202,7 @@ class Stage:
             data = raw.data
             try:
                 row = loads(data) if type(data) is bytes_type else data
-                record = normalize(row) if normalized else row
+                record = normalize(row, data) if normalized else row  # the line, for its duplicate keys
                 if check is not None and type(record) is not expansion:
                     check(record)
             except RecordError as error:
@@ -300,7 +300,10 @@ class Stage:
         if raw is not None:
             data = raw.data
             entry["raw"] = data.decode("utf-8", "replace") if isinstance(data, bytes | bytearray) else data
-        self.writer("errors").write(entry)
+        try:
+            self.writer("errors").write(entry)
+        except TypeError:  # a parsed row (.json, parquet) orjson cannot write back: its place still goes out
+            self.writer("errors").write({**entry, "raw": None})
 
     # -- output -------------------------------------------------------------------------------------
     def writer(self, kind: str = "output") -> RecordWriter:

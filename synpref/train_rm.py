@@ -38,7 +38,7 @@ import orjson
 from synpref import __version__
 from synpref.engines.torch_train import RewardModelTrainer, StepResult, TrainPair
 from synpref.eval.pairs import field_value, pair_results
-from synpref.io import AppendStream, AtomicFile, write_atomic
+from synpref.io import AppendStream, AtomicFile, StreamError, expand_paths, write_atomic
 from synpref.models.formatting import PairFormatter, context_length
 from synpref.records import Record, is_pair
 from synpref.stage import Stage, StageOptions
@@ -75,15 +75,23 @@ class TrainConfig:
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resume must share (not the device, progress or save cadence)."""
         keep = {k: v for k, v in asdict(self).items() if k not in ("device", "progress", "save_every", "output")}
-        keep["inputs"] = {"train": [_file_hash(p) for p in self.train], "gold": [_file_hash(p) for p in self.gold]}
+        keep["inputs"] = {"train": [_input_hash(p) for p in self.train], "gold": [_input_hash(p) for p in self.gold]}
         return keep
 
 
-def _file_hash(path: str) -> str:
+def _input_hash(path: str) -> str:
+    """SHA-256 of an input: a file's bytes, or of a folder every file the stream layer reads from it
+    (relative names and bytes, in reading order)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
+    for name in expand_paths([path]):
+        if name != path:
+            digest.update(os.path.relpath(name, path).encode() + b"\0")
+        try:
+            with open(name, "rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
+        except OSError as error:
+            raise StreamError(name, None, f"cannot read: {error.strerror or error}") from None
     return f"sha256:{digest.hexdigest()}"
 
 

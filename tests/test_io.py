@@ -181,3 +181,52 @@ def test_shard_parsing_and_slurm():
     env = {"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "4"}
     assert Shard.from_slurm(env) == Shard(3, 4)
     assert Shard.from_slurm({}) is None
+
+
+# ---- hardening (issue 12): what a .json array is, unreadable files, byte order marks ------------
+def test_json_arrays_span_the_file_and_jsonl_may_start_with_a_bad_array(tmp_path, pairs):
+    one_line = tmp_path / "one-line.json"
+    one_line.write_bytes(orjson.dumps(pairs[:3]) + b"\n")
+    pretty = tmp_path / "pretty.json"
+    pretty.write_text(json.dumps(pairs[:3], indent=2))
+    for path in (one_line, pretty):
+        assert _read_all(path) == pairs[:3]
+    lines = b"".join(orjson.dumps(record) + b"\n" for record in pairs[:3])
+    for first in (b"[1, 2]", b"[1, 2", b'[{"id": "x"}]'):
+        jsonl = tmp_path / "starts-with-array.jsonl"
+        jsonl.write_bytes(first + b"\n" + lines)
+        raws = list(iter_raw(str(jsonl)))
+        assert [raw.line for raw in raws] == [1, 2, 3, 4] and raws[0].data == first
+        assert [raw.parse() for raw in raws[1:]] == pairs[:3]
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(pairs[:3], indent=2)[:-40])
+    with pytest.raises(StreamError) as caught:
+        _read_all(broken)
+    assert caught.value.line == json.dumps(pairs[:3], indent=2)[:-40].count("\n") + 1
+
+
+def test_unopenable_and_truncated_files_are_stream_errors(tmp_path, pairs):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    (folder / "gone.jsonl").symlink_to(tmp_path / "nowhere.jsonl")
+    with pytest.raises(StreamError, match="cannot open") as caught:
+        list(iter_raw(expand_paths([str(folder)])[0]))
+    assert caught.value.path == str(folder / "gone.jsonl")
+    table = tmp_path / "t.parquet"
+    pq.write_table(pa.Table.from_pylist([{"id": r["id"], "chosen": r["chosen"]} for r in pairs]), table)
+    table.write_bytes(table.read_bytes()[:-30])
+    with pytest.raises(StreamError, match="unreadable parquet") as caught:
+        _read_all(table)
+    assert caught.value.path == str(table)
+
+
+def test_a_byte_order_mark_is_skipped(tmp_path, pairs):
+    lines = b"".join(orjson.dumps(record) + b"\n" for record in pairs[:2])
+    for name, data in (("bom.jsonl", b"\xef\xbb\xbf" + lines),
+                       ("bom.jsonl.zst", zstandard.ZstdCompressor().compress(b"\xef\xbb\xbf" + lines)),
+                       ("bom.json", b"\xef\xbb\xbf" + orjson.dumps(pairs[:2]))):
+        (tmp_path / name).write_bytes(data)
+        assert _read_all(tmp_path / name) == pairs[:2], name

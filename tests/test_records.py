@@ -145,3 +145,103 @@ def test_filter_records_routes_every_record_with_its_reason():
     assert [r["id"] for r in kept] == ["r3", "r4", "r5"] and [r["id"] for r in removed] == ["r1", "r2"]
     assert all(r["reason"] == "short" and r["n"] == 1 for r in removed)
     assert counts["kept"] == 3 and counts["kept_long"] == 3 and counts["removed_short"] == 2
+
+
+# ---- the record checks every command shares (issue 12) ------------------------------------------
+def _pair(**fields):
+    return {"id": "p1", "conversation": [{"role": "user", "content": "q"}], "chosen": "a", "rejected": "b", **fields}
+
+
+def _nested(levels):
+    value = "bottom"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_nesting_limit_leaves_room_to_write_records_back(examples):
+    """A row at the limit passes and its record (and a --diverted entry around it) can be written by
+    orjson; one level more is an error naming the field."""
+    import orjson
+
+    from synpref.records import MAX_DEPTH
+
+    at_limit = _pair(extra={"x": _nested(MAX_DEPTH - 2)})  # row, extra, x: MAX_DEPTH levels of containers
+    record = normalize(at_limit)
+    orjson.dumps({"row": {"extra": record}})
+    with pytest.raises(RecordError) as caught:
+        normalize(_pair(extra={"x": _nested(MAX_DEPTH - 1)}))
+    assert caught.value.field == "extra" and str(MAX_DEPTH) in str(caught.value)
+    for row in _load(examples, "hh-harmless-base-test"):  # real multi-turn rows pass untouched
+        assert normalize(dict(row)) == row
+
+
+def test_integers_beyond_64_bits_fail_where_they_are():
+    import orjson
+
+    line = b'{"id": %d, "conversation": [{"role": "user", "content": "q"}], "chosen": "a", "rejected": "b"}'
+    assert normalize(orjson.loads(line % (2**64 - 1)))["id"] == 2**64 - 1  # still an exact integer
+    for wide in (2**64, -(2**63) - 1, 10**30):
+        with pytest.raises(RecordError) as caught:
+            normalize(orjson.loads(line % wide))
+        assert caught.value.field == "id" and "64-bit" in str(caught.value)
+    deep = orjson.loads(b'{"extra": {"n": 1, "ids": [3, %d]}, ' % 2**70 + (line % 1)[1:])
+    with pytest.raises(RecordError) as caught:
+        normalize(deep)
+    assert caught.value.field == "extra.ids[1]"
+    assert normalize(orjson.loads(b'{"extra": {"p": 0.5, "big": 1e18}, ' + (line % 1)[1:]))["extra"]["big"] == 1e18
+
+
+@pytest.mark.parametrize(("fields", "field"), [
+    ({"labels": [{"by": "human:a", "prefers": "chosen", "confidence": None, "meta": {"note": "x"}}]}, None),
+    ({"labels": [{"by": "llm:j", "prefers": "tie", "confidence": 0.5}]}, None),
+    ({"scores": {"rm": {"p": 0.2}, "gold": {"chosen": 1, "rejected": -0.5, "p": 0.8, "truncated": "turns"}}}, None),
+    ({"labels": [{"by": "", "prefers": "chosen"}]}, "labels[0].by"),
+    ({"labels": [{"by": "human:a", "prefers": "chosen", "meta": []}]}, "labels[0].meta"),
+    ({"labels": [{"by": "human:a", "prefers": "chosen", "confidence": True}]}, "labels[0].confidence"),
+    ({"scores": {"rm": {"p": True}}}, "scores.rm.p"),
+    ({"scores": {"rm": {"p": 0.5, "rejected": None}}}, "scores.rm.rejected"),
+    ({"id": True}, "id"),
+    ({"id": None}, "id"),
+])
+def test_labels_scores_and_ids_follow_the_schema(fields, field):
+    if field is None:
+        assert normalize(_pair(**fields)) == _pair(**fields)
+        return
+    with pytest.raises(RecordError) as caught:
+        normalize(_pair(**fields))
+    assert caught.value.field == field
+
+
+def test_one_reply_or_a_finished_conversation_is_no_pair():
+    with pytest.raises(RecordError) as caught:
+        normalize({"conversation": [{"role": "user", "content": "q"}], "rejected": "b"})
+    assert caught.value.field == "chosen"
+    turns = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    with pytest.raises(RecordError) as caught:
+        normalize(_pair(conversation=turns))
+    assert caught.value.field == "conversation[1].role"
+    assert normalize({"conversation": turns}) == {"conversation": turns}  # not a pair: a finished chat
+    multi = [*turns, {"role": "user", "content": "and now?"}]
+    assert normalize(_pair(conversation=multi))["conversation"] == multi
+
+
+def test_duplicate_reply_keys_are_found_and_lookalikes_are_not():
+    """Only a real second key counts: not a score entry's reward, not the key's text inside a reply."""
+    import orjson
+
+    from synpref.records import Normalizer
+
+    function = Normalizer().function
+    scored = _pair(scores={"rm": {"chosen": 1.0, "rejected": 0.5, "p": 0.6}}, chosen='{"chosen": 1, "rejected": 2}')
+    line = orjson.dumps(scored)
+    assert function(orjson.loads(line), line) == scored
+    for key in ("chosen", "rejected"):
+        line = b'{"%s": "first", ' % key.encode() + orjson.dumps(_pair())[1:]
+        with pytest.raises(RecordError) as caught:
+            function(orjson.loads(line), line)
+        assert caught.value.field == key
+    nested = b'{"extra": {"x": {"rejected": 1, "rejected": 2}}, ' + orjson.dumps(_pair())[1:]
+    with pytest.raises(RecordError) as caught:
+        function(orjson.loads(nested), nested)
+    assert caught.value.field == "extra.x.rejected"

@@ -176,3 +176,102 @@ def test_cli_refuses_bad_arguments(runner, tmp_path, examples):
     (tmp_path / "bad.jsonl").write_text('{"id": "a", "by": "human:ann", "prefers": "left"}\n')
     result = runner.invoke(cli, ["review", stream, "-o", str(tmp_path / "bad.jsonl"), "--annotator", "ann"])
     assert result.exit_code == 1 and "bad.jsonl:1" in result.output and "prefers" in result.output
+
+
+# ---- hardening (issue 12): slow or vanishing clients, duplicate Host headers --------------------
+@pytest.fixture
+def raw_server(tmp_path, pairs):
+    """A server with a short request timeout, on a thread; yields a function that starts it over
+    RECORDS (default: the pairs) and returns (server, port, finished): `finished` is set each time
+    a request's connection has been shut down, after any error it raised was handled."""
+    started = []
+
+    def start(records=None, request_timeout=0.5):
+        session = ReviewSession(records or pairs, str(tmp_path / "labels.jsonl.zst"), "ann")
+        server = make_server(session, "127.0.0.1", 0, request_timeout=request_timeout)
+        finished = threading.Event()
+        shutdown_request = server.shutdown_request
+
+        def observed(request):
+            shutdown_request(request)
+            finished.set()
+
+        server.shutdown_request = observed
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        started.append(server)
+        return server, server.server_address[1], finished
+
+    yield start
+    for server in started:
+        server.shutdown()
+        server.server_close()
+        server.session.close()
+
+
+def _reset(connection) -> None:
+    """Close with a TCP reset, as a killed browser tab or a dropped tunnel does."""
+    import socket
+    import struct
+
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    connection.close()
+
+
+def test_a_body_shorter_than_its_length_times_out_and_frees_the_thread(raw_server, tmp_path):
+    import socket
+    import time
+
+    server, port, _ = raw_server(request_timeout=0.5)
+    client = socket.create_connection(("127.0.0.1", port), timeout=10)
+    client.sendall(b"POST /api/decide HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: 100\r\n\r\n{\"id\": " % port)
+    started = time.monotonic()
+    reply = client.recv(65536)
+    assert reply.startswith(b"HTTP/1.0 408") and b"did not arrive" in reply
+    assert time.monotonic() - started < 5
+    client.close()
+    other = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    other.request("GET", "/api/state", headers={"Host": f"127.0.0.1:{port}"})
+    assert other.getresponse().status == 200
+    assert (tmp_path / "labels.jsonl.zst").stat().st_size == 0
+
+
+def test_a_client_leaving_mid_request_or_mid_response_prints_nothing(raw_server, capfd):
+    import socket
+
+    long_pair = {"id": "long", "conversation": [{"role": "user", "content": "q"}], "chosen": "x" * 16_000_000,
+                 "rejected": "y"}
+    server, port, finished = raw_server([long_pair], request_timeout=5)
+    # mid-response: the 16 MB state cannot fit the socket buffers of a client that stops reading
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(("127.0.0.1", port))
+    client.sendall(b"GET /api/state HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % port)
+    assert client.recv(1024).startswith(b"HTTP/1.0 200")
+    _reset(client)
+    assert finished.wait(10)
+    # mid-request: the body never comes, the connection is reset
+    finished.clear()
+    client = socket.create_connection(("127.0.0.1", port), timeout=10)
+    client.sendall(b"POST /api/decide HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: 50\r\n\r\n{" % port)
+    _reset(client)
+    assert finished.wait(10)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Error" not in err and "Exception" not in err
+
+
+def test_two_host_headers_are_refused(raw_server):
+    server, port, _ = raw_server()
+    for hosts in ([f"127.0.0.1:{port}", "attacker.example"], [f"127.0.0.1:{port}", f"127.0.0.1:{port}"]):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.putrequest("GET", "/api/state", skip_host=True)
+        for host in hosts:
+            connection.putheader("Host", host)
+        connection.endheaders()
+        response = connection.getresponse()
+        assert response.status == 400 and b"more than one Host" in response.read()
+        connection.close()
+    one = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    one.request("GET", "/api/state", headers={"Host": f"127.0.0.1:{port}"})
+    assert one.getresponse().status == 200

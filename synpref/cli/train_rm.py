@@ -4,6 +4,7 @@ import click
 
 from synpref.cli.options import add_options, max_length_option
 from synpref.engines.torch_train import SCHEDULES
+from synpref.io import StreamError
 
 TRAINING_OPTIONS = [
     click.option("-m", "--model", required=True, type=click.Path(exists=True, file_okay=False),
@@ -94,7 +95,7 @@ def train_rm(**options) -> None:
     options["train"], options["gold"] = list(options["train"]), list(options["gold"])
     try:
         summary = train_reward_model(TrainConfig(**options), echo=lambda text: click.echo(text, err=True))
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, StreamError) as error:
         raise click.ClickException(str(error)) from None
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary["counts"].items()))
     click.echo(f"synpref train-rm: {summary['train_pairs']} pairs, {summary['steps']} steps; best gold accuracy "

@@ -23,6 +23,7 @@ from synpref.io.errors import StreamError
 
 GZIP_MAGIC = b"\x1f\x8b"
 PARQUET_MAGIC = b"PAR1"
+UTF8_BOM = b"\xef\xbb\xbf"
 READ_CHUNK = 1 << 20
 # 64 KiB of compressed input decompresses into about one 1 MiB output buffer: measured fastest.
 COMPRESSED_CHUNK = 1 << 16
@@ -87,7 +88,7 @@ def expand_paths(paths: Iterable[str]) -> list[str]:
         if path != "-" and os.path.isdir(path):
             found = sorted(
                 os.path.join(root, name)
-                for root, _, names in os.walk(path)
+                for root, _, names in os.walk(path, onerror=_unlistable)
                 for name in names
                 if name.endswith(STREAM_SUFFIXES) and not name.startswith(".")
             )
@@ -101,8 +102,20 @@ def expand_paths(paths: Iterable[str]) -> list[str]:
     return files
 
 
+def _unlistable(error: OSError) -> None:
+    """os.walk would skip a folder it cannot list, and lose its files silently."""
+    raise StreamError(error.filename or "?", None, f"cannot list this folder ({error.strerror or error})")
+
+
 def _open_binary(path: str) -> BinaryIO:
-    return sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
+    """The file (or stdin); a file that cannot be opened (a dangling link in a folder of shards, no
+    permission, a socket) is a StreamError naming it."""
+    if path == "-":
+        return sys.stdin.buffer
+    try:
+        return open(path, "rb")  # noqa: SIM115
+    except OSError as error:
+        raise StreamError(path, None, f"cannot open ({error.strerror or error})") from None
 
 
 def _frames(
@@ -145,8 +158,8 @@ def _gzip_chunks(handle: BinaryIO, path: str, first: bytes) -> Iterator[bytes]:
 
 
 def _plain_chunks(handle: BinaryIO, path: str, first: bytes) -> Iterator[bytes]:
-    if first:
-        yield first
+    if chunk := first + handle.read(READ_CHUNK):  # the sniffed bytes with a whole first chunk
+        yield chunk
     while chunk := handle.read(READ_CHUNK):
         yield chunk
 
@@ -171,18 +184,30 @@ def _lines(chunks: Iterator[bytes], path: str) -> Iterator[tuple[int, bytes]]:
         yield number + 1, carry
 
 
-def _json_array_rows(data: bytes, path: str) -> Iterator[tuple[int, Any]]:
+def _one_value(data: bytes, path: str) -> Any:
+    """DATA as one JSON value (a .json file), or None when it is JSON Lines after all: the value ends
+    and more content follows, or the file is no value but its second line is an object of its own
+    (JSON Lines whose first line is an array, or a broken one). A .json array spans the file."""
     try:
-        rows = orjson.loads(data)
+        return orjson.loads(data)
     except orjson.JSONDecodeError as error:
-        raise StreamError(path, None, f"malformed JSON ({error})") from None
-    if not isinstance(rows, list):
-        rows = [rows]
-    yield from enumerate(rows, 1)
+        lines = [line for line in data.split(b"\n", 2)[:2] if line.strip()]
+        if error.msg.startswith("unexpected content after document") or (
+                len(lines) == 2 and lines[1].lstrip()[:1] == b"{" and _is_object(lines[1])):
+            return None
+        raise StreamError(path, error.lineno, f"malformed JSON ({error.msg} at column {error.colno})") from None
+
+
+def _is_object(line: bytes) -> bool:
+    try:
+        return type(orjson.loads(line)) is dict
+    except orjson.JSONDecodeError:
+        return False
 
 
 def _parquet_rows(handle: BinaryIO, path: str, first: bytes) -> Iterator[tuple[int, Any]]:
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise StreamError(path, None, "reading parquet needs pyarrow: pip install 'synpref[parquet]'") from None
@@ -190,10 +215,13 @@ def _parquet_rows(handle: BinaryIO, path: str, first: bytes) -> Iterator[tuple[i
 
     source = path if path != "-" else _io.BytesIO(first + handle.read())
     number = 0
-    for batch in pq.ParquetFile(source).iter_batches(batch_size=4096):
-        for row in batch.to_pylist():
-            number += 1
-            yield number, row
+    try:
+        for batch in pq.ParquetFile(source).iter_batches(batch_size=4096):
+            for row in batch.to_pylist():
+                number += 1
+                yield number, row
+    except (pa.ArrowException, OSError) as error:  # a truncated or corrupt file
+        raise StreamError(path, None, f"unreadable parquet after {number} rows ({error})") from None
 
 
 def iter_raw(path: str) -> Iterator[RawLine]:
@@ -216,16 +244,36 @@ def iter_raw(path: str) -> Iterator[RawLine]:
             peeked = next(chunks, b"")
         except StreamError as error:
             raise StreamError(display, 1, f"{error.message}; read 0 complete lines") from None
-        if peeked.lstrip()[:1] == b"[":
+        if peeked.startswith(UTF8_BOM):  # written by some Windows tools; no JSON reader takes it
+            peeked = peeked[len(UTF8_BOM):]
+        if peeked.lstrip()[:1] == b"[" and not _first_line_then_more(peeked):
             data = peeked + b"".join(chunks)
-            for number, row in _json_array_rows(data, display):
-                yield RawLine(display, number, row)
-            return
+            rows = _one_value(data, display)
+            if rows is not None:
+                for number, row in enumerate(rows if isinstance(rows, list) else [rows], 1):
+                    yield RawLine(display, number, row)
+                return
+            peeked, chunks = data, iter(())
         for number, line in _lines(_chain(peeked, chunks), display):
             yield RawLine(display, number, line)
+    except OSError as error:  # a read failing under us (EIO, a file that is a folder)
+        raise StreamError(display, None, f"cannot read ({error.strerror or error})") from None
     finally:
         if handle is not sys.stdin.buffer:
             handle.close()
+
+
+def _first_line_then_more(data: bytes) -> bool:
+    """Whether DATA starts with a line that is a whole JSON value and goes on after it: JSON Lines
+    whose first line is an array, not a .json array (which spans the file)."""
+    end = data.find(b"\n")
+    if end < 0 or not data[end:].strip():
+        return False
+    try:
+        orjson.loads(data[:end])
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:

@@ -2,12 +2,15 @@
 
 Every layout is recognized by its fields, never guessed (`layouts`): a row with the fields of two
 layouts, chosen and rejected with different histories, an unknown role, a transcript that does not end
-in an assistant turn all raise a RecordError naming the field. Rows that are not pairs (prompt-only
-benchmark questions, single answers) pass through unchanged so stages that do not need pairs never
-reject them. A row may be several records (RM-Bench's nine cells, a ranked list's pairs) or none (a
+in an assistant turn all raise a RecordError naming the field; so do, for every record, the checks of
+`core.check_fields` (one reply without the other, a history already ending on the assistant's turn,
+malformed `labels` / `scores`), rows nested too deep and duplicated reply keys (docs/bad-input.md).
+Rows that are not pairs (prompt-only benchmark questions, single answers) pass through unchanged so
+stages that do not need pairs never reject them. A row may be several records (RM-Bench's nine cells, a ranked list's pairs) or none (a
 dropped tie): `expand` gives them all, with what the layout's rule skipped (`Expansion`).
 
-- `core`: the record, its checks, `Expansion`;
+- `core`: the record, its checks (`check_fields`: SPEC section 2's types; `check_nesting`, duplicate
+  keys), `Expansion`;
 - `chosen_rejected`: canonical, HH-RLHF, prompt/chosen/rejected, message lists, RM-Bench, RewardBench 2;
 - `public`: SHP, PKU-SafeRLHF, Chatbot Arena, HelpSteer2/3, OpenAI preference JSONL;
 - `ranked`: Nectar and UltraFeedback, and the `--pairs` rules;
@@ -17,12 +20,18 @@ dropped tie): `expand` gives them all, with what the layout's rule skipped (`Exp
 from synpref.records.core import (
     HH_TURN,
     KNOWN_ROLES,
+    MAX_DEPTH,
+    PREFERS,
     ROLES,
     Expansion,
     Message,
     Record,
     RecordError,
+    check_fields,
+    check_labels,
     check_messages,
+    check_pair,
+    check_scores,
     is_pair,
     pair_problems,
     parse_hh_transcript,
@@ -50,7 +59,9 @@ __all__ = [
     "HH_TURN",
     "KNOWN_ROLES",
     "LAYOUTS",
+    "MAX_DEPTH",
     "PAIR_RULES",
+    "PREFERS",
     "ROLES",
     "TIES",
     "Expansion",
@@ -60,7 +71,11 @@ __all__ = [
     "Normalizer",
     "Record",
     "RecordError",
+    "check_fields",
+    "check_labels",
     "check_messages",
+    "check_pair",
+    "check_scores",
     "detect",
     "expand",
     "is_pair",

@@ -16,7 +16,17 @@ from typing import Any
 
 from synpref.records import chosen_rejected as cr
 from synpref.records import public, ranked
-from synpref.records.core import KNOWN_ROLES, Expansion, Record, RecordError, check_messages
+from synpref.records.core import (
+    KNOWN_ROLES,
+    Expansion,
+    Record,
+    RecordError,
+    check_duplicate_keys,
+    check_fields,
+    check_messages,
+    check_nesting,
+    type_name,
+)
 
 PAIR_RULES = ranked.PAIR_RULES
 AXES = ("better", "safer")
@@ -178,6 +188,10 @@ class Normalizer:
     """Maps one row onto the canonical record: a plain dict for one record, an `Expansion` for a row
     that is several records (or none). Canonical rows are checked and returned as they are.
 
+    Every row is checked for nesting orjson could not write back (`check_nesting`) and, given the
+    raw line it was parsed from (`data`), for a duplicated `chosen` / `rejected` key; every record
+    it gives passes `check_fields` (SPEC section 2's field types).
+
     `function` is the same as a plain function, for the per-record loop of a Stage (it skips the
     instance call, and binds what it uses: this runs once per record of every command)."""
 
@@ -185,36 +199,59 @@ class Normalizer:
         self.options = options = options or DEFAULT_OPTIONS
         self.forced = forced = BY_NAME[options.layout] if options.layout else None
         if forced is not None:
-            def function(row: Any) -> Record | Expansion:
+            def function(row: Any, data: Any = None) -> Record | Expansion:
                 if type(row) is not dict:
-                    raise RecordError(f"expected a JSON object, got {type(row).__name__}")
+                    raise RecordError(f"expected a JSON object, got {type_name(row)}")
+                check_row(row, data)
                 missing = forced.missing(row)
                 if missing is not None:
                     raise RecordError(f"missing: layout {forced.name} needs {forced.field_names()}", missing)
-                return forced.read(row, options)
+                return checked(forced.read(row, options))
         else:
-            def function(row: Any, plain: Any = MARKERS.isdisjoint, roles: frozenset = KNOWN_ROLES,
-                         dict_type: type = dict, str_type: type = str, list_type: type = list) -> Record | Expansion:
+            def function(row: Any, data: Any = None, plain: Any = MARKERS.isdisjoint,
+                         roles: frozenset = KNOWN_ROLES, dict_type: type = dict, str_type: type = str,
+                         list_type: type = list) -> Record | Expansion:
                 if type(row) is not dict_type:
-                    raise RecordError(f"expected a JSON object, got {type(row).__name__}")
+                    raise RecordError(f"expected a JSON object, got {type_name(row)}")
                 if "conversation" in row and plain(row):
                     # the canonical fast path: `from_canonical` inlined, as it runs for every record
                     messages = row["conversation"]
                     if type(messages) is not list_type:
                         check_messages(messages, "conversation")
+                    plain_messages = True  # only role and content, both strings: nothing nested in them
                     for message in messages:
                         if type(message) is not dict_type or message.get("role") not in roles \
                                 or type(message.get("content")) is not str_type:
                             check_messages(messages, "conversation")
+                        if len(message) != 2:
+                            plain_messages = False
                     if "chosen" in row and "rejected" in row and not (
                             isinstance(row["chosen"], str_type) and isinstance(row["rejected"], str_type)):
                         cr.from_canonical(row)  # raises, naming the side
-                    return row
-                return detect(row).read(row, options)
+                    check_row(row, data, "conversation" if plain_messages else None)
+                    return check_fields(row)
+                check_row(row, data)
+                return checked(detect(row).read(row, options))
         self.function = function
 
-    def __call__(self, row: Any) -> Record | Expansion:
-        return self.function(row)
+    def __call__(self, row: Any, data: bytes | None = None) -> Record | Expansion:
+        return self.function(row, data)
+
+
+def check_row(row: Record, data: Any = None, plain_field: str | None = None) -> None:
+    """The checks of a whole row (see `Normalizer`); PLAIN_FIELD is known to hold no nesting."""
+    check_nesting(row, plain_field)
+    if type(data) is bytes:
+        check_duplicate_keys(data, row)
+
+
+def checked(result: Record | Expansion) -> Record | Expansion:
+    """RESULT of a layout's reader, every record of it through `check_fields`."""
+    if type(result) is Expansion:
+        for record in result:
+            check_fields(record)
+        return result
+    return check_fields(result)
 
 
 _DEFAULT = Normalizer()

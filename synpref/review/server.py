@@ -6,7 +6,10 @@ Host header names the loopback address (DNS rebinding); bound elsewhere, every A
 token printed at start. POST bodies must be small JSON objects with known fields; static files are a
 fixed list read from the package, never a path taken from the URL; the page sets a strict
 Content-Security-Policy and renders all data with textContent. The only file written is the label
-stream, through the session.
+stream, through the session. Each read of a request waits at most REQUEST_TIMEOUT seconds (a body
+shorter than its Content-Length holds no thread), a response is sent within RESPONSE_TIMEOUT, a
+request must carry one Host header, and a client that goes away mid-request or mid-response ends
+its request quietly.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import secrets
+import sys
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -25,6 +29,8 @@ import orjson
 from synpref.review.session import ReviewError, ReviewSession
 
 MAX_BODY = 16 * 1024
+REQUEST_TIMEOUT = 10.0  # seconds each read of a request may wait (a page sends a few hundred bytes)
+RESPONSE_TIMEOUT = 120.0  # seconds to send a response: a long pair over a slow tunnel, not forever
 STATIC = {  # URL path -> (package file, content type)
     "/": ("index.html", "text/html; charset=utf-8"),
     "/static/review.js": ("review.js", "text/javascript; charset=utf-8"),
@@ -52,8 +58,9 @@ def is_loopback(host: str) -> bool:
 class ReviewServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, session: ReviewSession, host: str, port: int, token: str | None):
-        self.session, self.token = session, token
+    def __init__(self, session: ReviewSession, host: str, port: int, token: str | None,
+                 request_timeout: float = REQUEST_TIMEOUT):
+        self.session, self.token, self.request_timeout = session, token, request_timeout
         self.files = {path: (resources.files("synpref.review").joinpath("static", name).read_bytes(), kind)
                       for path, (name, kind) in STATIC.items()}
         super().__init__((host, port), ReviewHandler)
@@ -62,17 +69,29 @@ class ReviewServer(ThreadingHTTPServer):
         self.allowed_hosts = ({f"{name}:{bound_port}" for name in ("127.0.0.1", "localhost", "[::1]")}
                               if token is None else None)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that left (a closed tab, a reset connection) or timed out is nothing to report; any
+        other error is printed as socketserver prints it."""
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            return
+        super().handle_error(request, client_address)
+
 
 class ReviewHandler(BaseHTTPRequestHandler):
     server: ReviewServer
     server_version = "synpref-review"
     sys_version = ""
 
+    def setup(self) -> None:
+        self.timeout = self.server.request_timeout  # every read of the request, headers and body
+        super().setup()
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         """Quiet: the terminal shows the URL and errors, not one line per keypress."""
 
     # -- plumbing ---------------------------------------------------------------------------------
     def _send(self, status: int, body: bytes, kind: str = "application/json") -> None:
+        self.connection.settimeout(RESPONSE_TIMEOUT)  # the request is read: its timeout was for that
         self.send_response(status)
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(body)))
@@ -90,8 +109,12 @@ class ReviewHandler(BaseHTTPRequestHandler):
 
     def _allowed(self) -> bool:
         """Host check on loopback, token check elsewhere (API only: static files hold no data)."""
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) > 1:  # which one counts differs between proxies and servers: refuse
+            self._error(HTTPStatus.BAD_REQUEST, "more than one Host header")
+            return False
         allowed = self.server.allowed_hosts
-        if allowed is not None and self.headers.get("Host") not in allowed:
+        if allowed is not None and (hosts[0] if hosts else None) not in allowed:
             self._error(HTTPStatus.FORBIDDEN, "unexpected Host header")
             return False
         if self.server.token is not None and urlsplit(self.path).path.startswith("/api/"):
@@ -115,7 +138,17 @@ class ReviewHandler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {MAX_BODY} bytes")
             return None
         try:
-            body = orjson.loads(self.rfile.read(length) or b"{}")
+            data = self.rfile.read(length)
+        except TimeoutError:
+            self.close_connection = True
+            self._error(HTTPStatus.REQUEST_TIMEOUT,
+                        f"the body did not arrive within {self.server.request_timeout:g} s")
+            return None
+        if len(data) < length:
+            self._error(HTTPStatus.BAD_REQUEST, f"the body ended after {len(data)} of its {length} bytes")
+            return None
+        try:
+            body = orjson.loads(data or b"{}")
         except orjson.JSONDecodeError:
             self._error(HTTPStatus.BAD_REQUEST, "body is not JSON")
             return None
@@ -183,8 +216,8 @@ def _check_decide(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_server(session: ReviewSession, host: str = "127.0.0.1", port: int = 0,
-                token: str | None = None) -> ReviewServer:
+                token: str | None = None, request_timeout: float = REQUEST_TIMEOUT) -> ReviewServer:
     """A server for the session; off loopback a token is required (one is made when none is given)."""
     if not is_loopback(host) and token is None:
         token = secrets.token_urlsafe(24)
-    return ReviewServer(session, host, port, token)
+    return ReviewServer(session, host, port, token, request_timeout)

@@ -1,0 +1,243 @@
+"""Every kind of bad input (tests/badinput, docs/bad-input.md) through every command that reads records.
+
+Under --on-error fail each kind must end the run with a clear error that names the file, the line
+(where there is one) and the field (where there is one): exit status 1 or 2, no traceback. Under
+--on-error skip, one run over all kinds at once must exit 0, report each kind's error at its place
+in --errors, and write every valid record to an output: nothing is lost silently.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+from badinput import KINDS, SPECS, Kind, real_pairs, write_corpus  # tests/ is on sys.path
+from click.testing import CliRunner
+
+from synpref.cli import cli
+from synpref.io import StreamError, read_json_records, write_records
+from synpref.review import ReviewSession
+from synpref.stage import Stage, StageOptions
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> list[Kind]:
+    return write_corpus(tmp_path_factory.mktemp("badinput"))
+
+
+def _ids(*paths: Path) -> list[str]:
+    return [record["id"] for path in paths if path.exists() for record in read_json_records(str(path))]
+
+
+# Each command: (arguments for INPUTS writing into folder OUT, the ids of the records it wrote there).
+Outputs = Callable[[Path], list[str]]
+COMMANDS: dict[str, tuple[Callable[[list[str], Path], list[str]], Outputs | None]] = {
+    "cat": (lambda inputs, out: ["cat", *inputs, "-o", str(out / "kept.jsonl")], lambda out: _ids(out / "kept.jsonl")),
+    "stats": (lambda inputs, out: ["stats", *inputs, "--json"], None),
+    "dedupe": (lambda inputs, out: ["dedupe", *inputs, "-o", str(out / "kept.jsonl"), "--removed",
+                                    str(out / "removed.jsonl")],
+               lambda out: _ids(out / "kept.jsonl", out / "removed.jsonl")),
+    "eval pairs": (lambda inputs, out: ["eval", "pairs", *inputs, "--length-baseline", "--resamples", "10",
+                                        "--scored", str(out / "scored.jsonl")], lambda out: _ids(out / "scored.jsonl")),
+    "filter-consistent": (lambda inputs, out: ["filter-consistent", *inputs, "--gold", "gold", "--rm", "rm",
+                                               "-o", str(out / "kept.jsonl"), "--removed", str(out / "removed.jsonl")],
+                          lambda out: _ids(out / "kept.jsonl", out / "removed.jsonl")),
+    "route": (lambda inputs, out: ["route", *inputs, "--rm", "rm", "--confident", str(out / "sure.jsonl"),
+                                   "--unconfident", str(out / "judge.jsonl")],
+              lambda out: _ids(out / "sure.jsonl", out / "judge.jsonl")),
+}
+
+
+def _problems_with_failure(kind: Kind, output: str, exit_code: int, exception: BaseException | None) -> list[str]:
+    """What is wrong with how a run stopped on KIND (empty: a clear, located error)."""
+    problems = []
+    if exception is not None and not isinstance(exception, SystemExit):
+        problems.append(f"raised {type(exception).__name__}: {exception}")
+    if exit_code not in (1, 2):
+        problems.append(f"exit status {exit_code}")
+    if "Traceback" in output:
+        problems.append("a traceback")
+    if kind.located() not in output:
+        problems.append(f"no {kind.located()!r} in the message")
+    if kind.field is not None and f"field '{kind.field}'" not in output:
+        problems.append(f"no field '{kind.field}' in the message")
+    return problems
+
+
+def _report(problems: dict[str, list[str]], outputs: dict[str, str]) -> str:
+    return "\n".join(f"{name}: {'; '.join(found)}\n    {outputs.get(name, '').strip()[-300:]}"
+                     for name, found in problems.items())
+
+
+def _fail_on_every_kind(corpus: list[Kind], tmp_path: Path, args: Callable[[Kind, Path], list[str]]) -> None:
+    runner = CliRunner()
+    problems, outputs = {}, {}
+    for kind in corpus:
+        out = tmp_path / kind.name
+        out.mkdir()
+        result = runner.invoke(cli, args(kind, out))
+        outputs[kind.name] = result.output
+        found = _problems_with_failure(kind, result.output, result.exit_code, result.exception)
+        if found:
+            problems[kind.name] = found
+    assert not problems, _report(problems, outputs)
+
+
+def _check_errors(corpus: list[Kind], errors_path: Path) -> None:
+    """The --errors stream holds each kind's error, at its file, line and field, and nothing else."""
+    entries = list(read_json_records(str(errors_path)))
+    problems = {}
+    for kind in corpus:
+        mine = [entry for entry in entries if entry["file"] == kind.file]
+        wanted = {"file": kind.file, "line": kind.line, "field": kind.field}
+        if len(mine) != 1 or {key: mine[0][key] for key in wanted} != wanted:
+            problems[kind.name] = [f"errors {[{k: e[k] for k in wanted} for e in mine]}, wanted {wanted}"]
+    assert not problems, _report(problems, {})
+    assert len(entries) == len(corpus)
+
+
+def _valid_ids(corpus: list[Kind]) -> Counter[str]:
+    return Counter(record_id for kind in corpus for record_id in kind.valid)
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_kind_fails_with_file_line_and_field(corpus, tmp_path, command):
+    args, _ = COMMANDS[command]
+    _fail_on_every_kind(corpus, tmp_path, lambda kind, out: args([kind.input], out))
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_skip_keeps_every_valid_record_and_reports_every_kind(corpus, tmp_path, command):
+    args, outputs = COMMANDS[command]
+    errors = tmp_path / "errors.jsonl"
+    result = CliRunner().invoke(cli, [*args([kind.input for kind in corpus], tmp_path), "--on-error", "skip",
+                                      "--errors", str(errors)])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output[-2000:]
+    _check_errors(corpus, errors)
+    if outputs is not None:
+        assert Counter(outputs(tmp_path)) == _valid_ids(corpus)
+    else:  # stats: the records it counted
+        assert orjson.loads(result.stdout)["records"] == sum(_valid_ids(corpus).values())
+    assert f"errors {len(corpus)}" in result.stderr
+
+
+def test_review_loader(corpus, tmp_path):
+    """`synpref review` loads its pairs through a Stage into a ReviewSession before serving."""
+    problems = {}
+    for kind in corpus:
+        try:
+            ReviewSession(Stage("review", StageOptions(inputs=[kind.input])).records(),
+                          str(tmp_path / f"{kind.name}.labels.jsonl"), "ann").close()
+        except StreamError as error:
+            found = _problems_with_failure(kind, str(error), 1, None)
+        except Exception as error:  # noqa: BLE001 - any other error is what this test looks for
+            found = [f"raised {type(error).__name__}: {error}"]
+        else:
+            found = ["loaded without an error"]
+        if found:
+            problems[kind.name] = found
+    assert not problems, _report(problems, {})
+    errors = tmp_path / "errors.jsonl"
+    stage = Stage("review", StageOptions(inputs=[kind.input for kind in corpus], on_error="skip", errors=str(errors)))
+    with stage:
+        session = ReviewSession(stage.records(), str(tmp_path / "all.labels.jsonl"), "ann")
+    session.close()
+    _check_errors(corpus, errors)
+    assert Counter(pair["id"] for pair in session.pairs) == _valid_ids(corpus)
+
+
+@pytest.fixture(scope="module")
+def scorer(smollm2_rm):
+    from synpref.engines.reward import RewardScorer
+
+    return RewardScorer(smollm2_rm, max_length=64)
+
+
+@pytest.mark.slow
+def test_score(corpus, tmp_path, smollm2_rm, scorer, monkeypatch):
+    """The model is loaded once: the command's own RewardScorer is the one already loaded."""
+    import synpref.engines.reward
+
+    monkeypatch.setattr(synpref.engines.reward, "RewardScorer", lambda *args, **options: scorer)
+
+    def args(inputs: list[str], out: Path) -> list[str]:
+        return ["score", "-m", str(smollm2_rm), "--max-length", "64", *inputs, "-o", str(out / "scored.jsonl")]
+
+    _fail_on_every_kind(corpus, tmp_path, lambda kind, out: args([kind.input], out))
+    errors = tmp_path / "errors.jsonl"
+    result = CliRunner().invoke(cli, [*args([kind.input for kind in corpus], tmp_path), "--on-error", "skip",
+                                      "--errors", str(errors)])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output[-2000:]
+    _check_errors(corpus, errors)
+    scored = list(read_json_records(str(tmp_path / "scored.jsonl")))
+    assert Counter(record["id"] for record in scored) == _valid_ids(corpus)
+    assert all(0 < record["scores"][smollm2_rm.name]["p"] < 1 for record in scored)
+
+
+@pytest.fixture
+def train_rm(tmp_path, smollm2_rm, monkeypatch):
+    """Runs `synpref train-rm` on one kind's input, the tokenizer (which reading pairs needs) loaded
+    once, and the model never: loading it is an AssertionError, as the bad input must come first."""
+    import synpref.models.tokenizer
+    import synpref.train_rm
+
+    tokenizer = synpref.models.tokenizer.load_tokenizer(str(smollm2_rm))
+    monkeypatch.setattr(synpref.models.tokenizer, "load_tokenizer", lambda path: tokenizer)
+
+    def no_model(*args, **options):
+        raise AssertionError("train-rm loaded the model before it found the bad input")
+
+    monkeypatch.setattr(synpref.train_rm, "RewardModelTrainer", no_model)
+    gold = tmp_path / "gold.jsonl"
+    pairs = real_pairs()
+    write_records([{**next(pairs), "id": f"gold-{i}"} for i in range(4)], str(gold))
+    runner = CliRunner()
+
+    def run(kind: Kind):
+        out = tmp_path / kind.name
+        return runner.invoke(cli, ["train-rm", "-m", str(smollm2_rm), "--train", kind.input, "--gold", str(gold),
+                                   "-o", str(out / "run")])
+
+    return run
+
+
+@pytest.mark.slow
+def test_train_rm_finds_bad_input_before_it_loads_the_model(corpus, train_rm):
+    """train-rm has no --on-error: each kind must stop it, with a located error, before the model loads."""
+    problems, outputs = {}, {}
+    for kind in corpus:
+        if os.path.isdir(kind.input):
+            continue  # test_train_rm_on_folders_of_shards
+        result = train_rm(kind)
+        outputs[kind.name] = result.output
+        found = _problems_with_failure(kind, result.output, result.exit_code, result.exception)
+        if found:
+            problems[kind.name] = found
+    assert not problems, _report(problems, outputs)
+
+
+@pytest.mark.slow
+def test_train_rm_on_folders_of_shards(corpus, train_rm):
+    """A folder of shards is hashed file by file for the resume fingerprint, and its bad files are
+    reported like any other input's."""
+    kinds = [kind for kind in corpus if os.path.isdir(kind.input)]
+    assert kinds
+    for kind in kinds:
+        result = train_rm(kind)
+        assert not _problems_with_failure(kind, result.output, result.exit_code, result.exception), kind.name
+
+
+def test_the_corpus_has_every_kind_and_the_docs_list_them(corpus):
+    assert len(SPECS) >= 50 and len(KINDS) == len(SPECS)
+    made = {kind.name for kind in corpus}
+    assert made == {spec.name for spec in SPECS if spec.needs != "non-root" or os.geteuid() != 0}
+    docs = (REPO / "docs" / "bad-input.md").read_text()
+    missing = [name for name in KINDS if f"`{name}`" not in docs]
+    assert not missing, f"docs/bad-input.md does not list {missing}"
+    assert sum(len(kind.valid) for kind in corpus) >= len(corpus) - 2  # valid records beside almost every kind
