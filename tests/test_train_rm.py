@@ -207,7 +207,7 @@ def test_two_process_data_parallel_equals_one_process(smollm2_rm, hh, one_proces
     small = reference.parent / "small.jsonl.zst"
     two = tmp_path / "two"
     process = _two_processes(smollm2_rm, small, hh[1], two, "--sharding", sharding, "--save-every", "1",
-                             port=29533 + len(sharding))
+                             port={"none": 29533, "optimizer": 29536}[sharding])
     _, stderr = process.communicate(timeout=900)
     assert process.returncode == 0, stderr[-3000:]
     assert len(losses) == 6 and losses == pytest.approx([e["loss"] for e in _log(two) if "loss" in e], rel=1e-4)
@@ -221,14 +221,14 @@ def test_fsdp_preempted_and_resumed_equals_one_process(smollm2_rm, hh, one_proce
     reference, losses = one_process
     small = reference.parent / "small.jsonl.zst"
     out = tmp_path / "fsdp"
-    process = _two_processes(smollm2_rm, small, hh[1], out, "--sharding", "model", "--save-every", "1", port=29541)
+    process = _two_processes(smollm2_rm, small, hh[1], out, "--sharding", "model", "--save-every", "1", port=29539)
     deadline = time.time() + 600
     while time.time() < deadline and not (out / "checkpoint" / "state.pt").exists() and process.poll() is None:
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGTERM)  # as SLURM signals every process of the job
     _, stderr = process.communicate(timeout=300)
     assert process.returncode != 0 and not (out / ".done").exists(), stderr[-3000:]
-    again = _two_processes(smollm2_rm, small, hh[1], out, "--sharding", "model", "--save-every", "1", port=29542)
+    again = _two_processes(smollm2_rm, small, hh[1], out, "--sharding", "model", "--save-every", "1", port=29545)
     _, stderr = again.communicate(timeout=900)
     assert again.returncode == 0 and "resuming" in stderr, stderr[-3000:]
     assert len(losses) == 6 and losses == pytest.approx([e["loss"] for e in _log(out) if "loss" in e], rel=1e-4)

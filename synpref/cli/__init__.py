@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "annotate": "synpref.cli.annotate:annotate",
     "filter-consistent": "synpref.cli.filter_consistent:filter_consistent",
     "route": "synpref.cli.route:route",
+    "retrieve": "synpref.cli.retrieve:retrieve",
 }
 
 
