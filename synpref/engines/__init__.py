@@ -5,7 +5,8 @@
   (packed rows on CPU, token-budget batches and bf16 on CUDA), `vllm_reward.VllmRewardEngine`;
   `reward.RewardScorer` pairs one with the model's formatter.
 - `GenerationEngine`: text generation and next-token log-probabilities of candidate strings
-  (`annotate`). Implementation: `torch_generate.TorchGenerationEngine`.
+  (`annotate`). Implementations: `torch_generate.TorchGenerationEngine`, `vllm_generate`,
+  `openai_generate.OpenAIGenerationEngine`; `generation.generation_engine` picks one.
 - `EmbeddingEngine`: sentence embeddings (`retrieve`). Implementation: `torch_embed.TorchEmbeddingEngine`.
 
 Shared pieces: `batching` (length-sorted token-budget batches), `packing` (unpadded rows of blocks
@@ -49,6 +50,6 @@ class GenerationEngine(Protocol):
 
 
 class EmbeddingEngine(Protocol):
-    def embed(self, texts: Sequence[str]) -> Any:
+    def embed(self, texts: Sequence[str], progress: Progress | None = None) -> Any:
         """(len(texts), dim) float32 array of L2-normalized embeddings."""
         ...
