@@ -105,16 +105,23 @@ def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def combine_readings(readings: Sequence[Reading], rule: str = "majority") -> Decision:
-    """One model's label from its readings (one per prompt order), under RULE."""
-    votes = Counter(side or "unsure" for reading in readings for side in reading.sides())
-    p = _mean([value for reading in readings if (value := reading.p_chosen()) is not None])
+def _mean_rule(rule: str, votes: Counter[str], p: float | None) -> Decision | None:
+    """The decision under the mean rule (from the mean P(chosen)); None under majority."""
     if rule == "mean":
         if p is None:
             return Decision("unsure", None, dict(votes))
         return Decision(from_probability(p), max(p, 1.0 - p), dict(votes), p)
     if rule != "majority":
         raise ValueError(f"aggregate must be one of {', '.join(RULES)}, not {rule!r}")
+    return None
+
+
+def combine_readings(readings: Sequence[Reading], rule: str = "majority") -> Decision:
+    """One model's label from its readings (one per prompt order), under RULE."""
+    votes = Counter(side or "unsure" for reading in readings for side in reading.sides())
+    p = _mean([value for reading in readings if (value := reading.p_chosen()) is not None])
+    if (by_mean := _mean_rule(rule, votes, p)) is not None:
+        return by_mean
     verdicts = {reading.verdict() for reading in readings}
     if len(verdicts) != 1 or "unsure" in verdicts:  # the orders disagree, or no reading decided
         return Decision("unsure", None, dict(votes), p)
@@ -126,12 +133,8 @@ def combine_models(decisions: Sequence[Decision], rule: str = "majority") -> Dec
     """The judges' joint label from each model's label, under RULE."""
     votes = Counter(decision.prefers for decision in decisions)
     p = _mean([d.p_chosen for d in decisions if d.p_chosen is not None])
-    if rule == "mean":
-        if p is None:
-            return Decision("unsure", None, dict(votes))
-        return Decision(from_probability(p), max(p, 1.0 - p), dict(votes), p)
-    if rule != "majority":
-        raise ValueError(f"aggregate must be one of {', '.join(RULES)}, not {rule!r}")
+    if (by_mean := _mean_rule(rule, votes, p)) is not None:
+        return by_mean
     decided = [d.prefers for d in decisions if d.prefers != "unsure"]
     verdict = plurality(decided)
     if verdict == "unsure":
