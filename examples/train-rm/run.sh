@@ -13,9 +13,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 data=${DATA:-../shared/data}
 out=${OUT:-out/train-rm}
-train_pairs=${TRAIN_PAIRS:-2000}
+train_pairs=${TRAIN_PAIRS:-1200}
 heldout_pairs=${HELDOUT_PAIRS:-1000}
-max_length=${MAX_LENGTH:-384}
+max_length=${MAX_LENGTH:-256}
 train_flags=${TRAIN_FLAGS:---train-layers 0 --lr 1e-3 --global-batch 32 --epochs 4 --schedule constant --eval-every 20}
 mkdir -p "$out"
 
@@ -37,13 +37,10 @@ for raw in iter_raw(source):
     bucket = int(hashlib.sha1(question.encode()).hexdigest(), 16) % 20
     parts["heldout" if bucket < 3 else "gold" if bucket == 3 else "train"].append(record)
 rng = random.Random(0)
-for name, size in (("train", train_pairs), ("gold", 300), ("heldout", heldout_pairs)):
+for name, size in (("train", train_pairs), ("gold", 200), ("heldout", heldout_pairs)):
     chosen = rng.sample(parts[name], min(size, len(parts[name])))
     write_records(chosen, f"{out}/{name}.jsonl.zst")
     print(f"{name}: {len(chosen)} pairs of {len(parts[name])}", file=sys.stderr)
-longer = [r for r in rng.sample(parts["heldout"], min(heldout_pairs, len(parts["heldout"])))
-          if len(r["rejected"]) > len(r["chosen"])]
-write_records(longer, f"{out}/heldout-rejected-longer.jsonl.zst")
 PY
 
 echo "== 3. train (gold accuracy every 20 steps; the best checkpoint goes to $out/run/best)"
@@ -51,13 +48,24 @@ echo "== 3. train (gold accuracy every 20 steps; the best checkpoint goes to $ou
 synpref train-rm -m "$out/rm" --train "$out/train.jsonl.zst" --gold "$out/gold.jsonl.zst" -o "$out/run" \
   --max-length "$max_length" $train_flags --progress
 
-echo "== 4. evaluate untrained vs trained, with the length baseline, 95% bootstrap intervals"
-for set in heldout heldout-rejected-longer; do
-  synpref eval pairs -m untrained="$out/rm" -m trained="$out/run/best" --max-length "$max_length" \
-    --length-baseline "$out/$set.jsonl.zst" --save "$out/eval-$set" --progress
-done
+echo "== 4. evaluate: untrained vs trained on the held-out pairs, the length baseline beside, 95% bootstrap CIs"
+synpref eval pairs -m untrained="$out/rm" -m trained="$out/run/best" --max-length "$max_length" \
+  --length-baseline "$out/heldout.jsonl.zst" --scored "$out/heldout-scored.jsonl.zst" --save "$out/eval-heldout" --progress
+
+echo "== 5. the held-out pairs whose rejected reply is the longer one (a length-only model fails these)"
+python - "$out/heldout-scored.jsonl.zst" "$out/heldout-rejected-longer.jsonl.zst" <<'PY'
+import sys
+from synpref.io import iter_raw, write_records
+records = [raw.parse() for raw in iter_raw(sys.argv[1])]
+longer = [r for r in records if len(r["rejected"]) > len(r["chosen"])]
+write_records(longer, sys.argv[2])
+print(f"rejected longer: {len(longer)} of {len(records)} held-out pairs", file=sys.stderr)
+PY
+synpref eval pairs --length-baseline "$out/heldout-rejected-longer.jsonl.zst" --save "$out/eval-heldout-rejected-longer"
+
+echo "== 6. human-labeled sets, trained model and length baseline"
 for set in hh-harmless-base-test pandalm-test llmbar; do
-  synpref eval pairs -m untrained="$out/rm" -m trained="$out/run/best" --max-length "$max_length" \
+  synpref eval pairs -m trained="$out/run/best" --max-length "$max_length" \
     --length-baseline "$data/$set.jsonl.zst" --save "$out/eval-$set" --progress
 done
 echo "reports: $out/eval-*/report.md; training log: $out/run/train-log.jsonl and train-log.png"
