@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run `synpref dedupe` in cluster mode as SLURM array jobs that merge by files.
 #
-#   bin/dedupe-slurm.sh submit N WORK OUT INPUT...   submit the three passes (N-way arrays, chained)
+#   bin/dedupe-slurm.sh submit N WORK OUT INPUT...   submit the three passes (N-way arrays, chained;
+#                                                     prints the filter job's id)
 #   bin/dedupe-slurm.sh signatures WORK INPUT...      body of array task I: WORK/signatures-I-of-N.npz
 #   bin/dedupe-slurm.sh clusters WORK                 body of the single merge job: WORK/decisions.npz
 #   bin/dedupe-slurm.sh filter WORK OUT INPUT...      body of array task I: OUT/kept-I.jsonl.zst,
@@ -17,7 +18,7 @@ SYNPREF=${SYNPREF:-synpref}
 read -r -a FLAGS <<< "${SYNPREF_DEDUPE_FLAGS:-}"
 read -r -a SBATCH_EXTRA <<< "${SBATCH_FLAGS:-}"
 
-usage() { sed -n '2,16p' "$0" >&2; exit 2; }
+usage() { sed -n '2,14p' "$0" >&2; exit 2; }
 
 step=${1:-}; [[ -n $step ]] || usage; shift
 
@@ -34,6 +35,7 @@ case $step in
     third=$(sbatch --parsable "${SBATCH_EXTRA[@]}" --dependency=afterok:"$second" --array=0-$((count - 1)) \
       --job-name=dedupe-fil --output="$work/filter-%a.log" "$self" filter "$work" "$out" "$@")
     echo "submitted signatures $first, clusters $second, filter $third" >&2
+    echo "$third"  # for a later --dependency=afterok
     ;;
   signatures)
     [[ $# -ge 2 ]] || usage

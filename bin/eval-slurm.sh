@@ -22,6 +22,7 @@ usage() { sed -n '2,20p' "$0" >&2; exit 2; }
 mode=$1 checkpoints=$2 suite=$3 out=$4
 shift 4
 synpref=${SYNPREF:-synpref}
+read -r -a eval_args <<< "${EVAL_ARGS:-}"
 
 entries() { grep -v -e '^[[:space:]]*#' -e '^[[:space:]]*$' "$1"; }
 mapfile -t models < <(entries "$checkpoints")
@@ -58,7 +59,7 @@ task)
         [[ $command != pairs ]] && extra=(--save-scores "$dir.rewards.jsonl.zst")
         # The pair stream's --shard would split the data, not the models: keep the whole input per task.
         env -u SLURM_ARRAY_TASK_ID -u SLURM_ARRAY_TASK_COUNT -u SLURM_ARRAY_TASK_MIN \
-            "$synpref" eval "${words[@]}" -m "$name=${spec#*=}" "${extra[@]}" ${EVAL_ARGS:-} \
+            "$synpref" eval "${words[@]}" -m "$name=${spec#*=}" "${extra[@]}" "${eval_args[@]}" \
             --save "$dir.partial" > /dev/null
         rm -rf "$dir" && mv "$dir.partial" "$dir"
     done

@@ -7,6 +7,7 @@
 # Each task writes OUT_DIR/<shard name> atomically. A preempted or requeued task resumes where it
 # stopped (synpref score keeps OUT.resume.jsonl); a finished shard is skipped, so resubmitting the
 # same array after failures only redoes what is missing. Run without SLURM to score every shard in turn.
+# SHARD_PATTERN (e.g. 'kept-*.jsonl.zst') picks the shard files among the folder's streams.
 set -euo pipefail
 
 if [ "$#" -lt 3 ]; then
@@ -16,7 +17,8 @@ fi
 model=$1 shards=$2 out=$3
 shift 3
 mkdir -p "$out"
-mapfile -t files < <(find "$shards" -maxdepth 1 -type f \( -name '*.jsonl.zst' -o -name '*.jsonl' -o -name '*.jsonl.gz' -o -name '*.parquet' \) | sort)
+mapfile -t files < <(find "$shards" -maxdepth 1 -type f \( -name '*.jsonl.zst' -o -name '*.jsonl' -o -name '*.jsonl.gz' -o -name '*.parquet' \) \
+    -name "${SHARD_PATTERN:-*}" | sort)
 if [ "${#files[@]}" -eq 0 ]; then
     echo "score-slurm: no shard files in $shards" >&2
     exit 1

@@ -129,6 +129,11 @@ def cli() -> None:
         synpref score -m rm/ < pairs.jsonl.zst | synpref eval pairs
 
     See `man synpref-COMMAND` or `synpref COMMAND --help`.
+
+    \b
+    Examples:
+        synpref cat hh-rlhf/ skywork/ | synpref dedupe --removed removed.jsonl.zst | synpref stats
+        synpref score -m rm/ --name rm < pool.jsonl.zst | synpref route --rm rm --unconfident judge.jsonl.zst > sure.jsonl.zst
     """
 
 

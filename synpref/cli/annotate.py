@@ -152,6 +152,13 @@ def attributes(stage_options, model, max_tokens, overwrite, max_chars, engine, d
     attributes_meta.failed (counted as failed_FIELD). attributes_meta also holds the model, the
     template digest and each closed-set choice's probability. Valid fields already present are kept
     unless --overwrite; records without a conversation pass through unchanged.
+
+    \b
+    Examples:
+        synpref annotate attributes -m smollm2=SmolLM2-135M-Instruct.gguf pool.jsonl.zst -o attributed.jsonl.zst
+        synpref cat pool.jsonl.zst --sample 100 | synpref annotate attributes -m qwen=Qwen2.5-7B-Instruct/ | synpref stats
+        synpref annotate attributes --engine openai --base-url http://node:8000/v1 -m Qwen/Qwen2.5-72B-Instruct \\
+            --shard 3/8 pool/ -o attributed-3.jsonl.zst
     """
     from synpref.annotate import AttributeAnnotator, open_models
 
@@ -186,6 +193,12 @@ def verify(stage_options, model, all_pairs, max_chars, engine, device, batch_tok
     are, unsure otherwise; confidence is the product of the two verdicts' probabilities, and meta
     holds each reply's verdict and probabilities. Pairs not marked objective (run `annotate
     attributes` first), and records that are not pairs, pass through unchanged, counted by reason.
+
+    \b
+    Examples:
+        synpref annotate attributes -m qwen=Qwen2.5-7B-Instruct/ pool.jsonl.zst \\
+          | synpref annotate verify -m qwen=Qwen2.5-7B-Instruct/ -o verified.jsonl.zst
+        synpref annotate verify -m qwen=Qwen2.5-7B-Instruct/ --all-pairs math.jsonl.zst | synpref stats
     """
     from synpref.annotate import ReplyVerifier, open_models
 
@@ -253,6 +266,15 @@ def judge(stage_options, models, mode, votes, temperature, max_tokens, both_orde
     pairs pass through unchanged. Stderr ends with the counts (prefers_*, failures, retried and
     unread votes, examples used and missing) and, per judge, the position bias (the share of
     Candidate 1 verdicts; 0.5 is unbiased) and with --both-orders the position consistency.
+
+    \b
+    Examples:
+        synpref retrieve --index gold.idx --queries to-label.jsonl.zst \\
+          | synpref annotate judge -m smollm2=SmolLM2-135M-Instruct.gguf --examples gold.jsonl.zst -o judged.jsonl.zst
+        synpref annotate judge -m a/ -m b/ --both-orders --aggregate mean pairs.jsonl.zst \\
+          | synpref filter-consistent --gold gold --removed removed.jsonl.zst > kept.jsonl.zst
+        synpref annotate judge --engine openai --base-url http://node:8000/v1 -m Qwen/Qwen2.5-72B-Instruct \\
+            --mode generate --votes 5 pairs.jsonl.zst -o judged.jsonl.zst
     """
     from synpref.annotate import JudgeOptions, PairJudge, load_examples, open_models
 

@@ -171,6 +171,12 @@ def dedupe() -> None:
     permutations, 1M pairs in 1.0 GiB). It reads its inputs twice; stdin is spooled to a
     temporary zstd file. `clusters` needs the same per record of the whole input; `signatures`
     and `filter` only their shard.
+
+    \b
+    Examples:
+        synpref cat raw/ | synpref dedupe --decontaminate bench/ --removed removed.jsonl.zst | synpref stats
+        synpref dedupe pool.jsonl.zst --key prompt --threshold 0.7 --removed removed.jsonl.zst -o clean.jsonl.zst
+        bin/dedupe-slurm.sh submit 64 work/ out/ pool/      # the three cluster passes as SLURM jobs
     """
 
 
@@ -182,6 +188,11 @@ def run(stage_options: StageOptions, config: DedupeConfig) -> None:
 
     Every input record goes to stdout (-o) or to --removed with its reason; counts go to stderr.
     With --shard I/N only that shard is read and deduplicated within itself.
+
+    \b
+    Examples:
+        synpref dedupe run pool.jsonl.zst --removed removed.jsonl.zst -o clean.jsonl.zst
+        synpref cat raw/ | synpref dedupe run --no-near --decontaminate bench.jsonl.zst | synpref stats
     """
     stage = open_stage("dedupe", stage_options, rereadable=True)
     run_stage(stage, lambda: dedupe_stage(stage, config))
@@ -198,6 +209,11 @@ def signatures(stage_options: StageOptions, config: DedupeConfig, work: str) -> 
     status, id) to WORK/signatures-I-of-N.npz. Needs --shard I/N or SLURM array variables.
 
     With --on-error skip, bad lines are only counted here; the filter pass writes them to --errors.
+
+    \b
+    Examples:
+        synpref dedupe signatures --work W --shard 3/64 --decontaminate bench/ pool/   # task 3 of 64
+        sbatch --array=0-63 --wrap 'synpref dedupe signatures --work W pool/'          # shard from SLURM
     """
     shard = stage_options.shard or Shard(0, 1)
     # bad lines are the filter pass's to write; this pass counts them
@@ -214,7 +230,13 @@ def signatures(stage_options: StageOptions, config: DedupeConfig, work: str) -> 
 )
 def clusters(work: str) -> None:
     """Cluster pass 2: merge all WORK/signatures-*-of-N.npz (every shard must be there, all made with
-    the same settings) and write every record's fate to WORK/decisions.npz."""
+    the same settings) and write every record's fate to WORK/decisions.npz.
+
+    \b
+    Examples:
+        synpref dedupe clusters --work W        # once, after every signatures task
+        sbatch --dependency=afterok:$SIGNATURES_JOB --wrap 'synpref dedupe clusters --work W'
+    """
     try:
         decisions = write_decisions(work)
     except StreamError as error:
@@ -230,7 +252,13 @@ def clusters(work: str) -> None:
 )
 def filter_command(stage_options: StageOptions, work: str) -> None:
     """Cluster pass 3: route the records of one shard to kept or --removed by WORK/decisions.npz.
-    Give it the same INPUTS and --shard as the signatures pass."""
+    Give it the same INPUTS and --shard as the signatures pass.
+
+    \b
+    Examples:
+        synpref dedupe filter --work W --shard 3/64 pool/ --removed removed-3.jsonl.zst -o kept-3.jsonl.zst
+        synpref dedupe filter --work W --shard 3/64 pool/ --removed removed-3.jsonl.zst | synpref stats
+    """
     stage = open_stage("dedupe", dataclasses.replace(stage_options, shard=stage_options.shard or Shard(0, 1)))
     run_stage(stage, lambda: filter_shard(stage, work))
 

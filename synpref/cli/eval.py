@@ -17,6 +17,19 @@ ORDER_FREE = (
     "first or second position to swap and no position bias to average out; the pair is scored as given."
 )
 
+# The Examples block of each benchmark subcommand's --help, with a typical --data path.
+EXAMPLE_DATA = {
+    "rewardbench": "reward-bench/filtered.parquet", "rewardbench2": "reward-bench-2/data/",
+    "rmbench": "rm-bench/total_dataset.json", "judgebench": "judgebench/data/",
+    "ppe": "ppe/human-preference.jsonl", "rmb": "RMB_dataset/",
+}
+EXAMPLES = """\b
+Examples:
+    synpref eval {name} -m a=ckpt-1/ -m b=ckpt-2/ --data {data} --save {name}/
+    synpref eval {name} -m rm/ --data {data} --save-scores rewards.jsonl.zst --json | jq .models
+    synpref eval {name} -m rm --data {data} --scores rewards.jsonl.zst --save {name}/   # no model run
+"""
+
 
 def _render(report, as_json: bool, save: str | None) -> None:
     from synpref.eval.report import format_table, report_json, save_report
@@ -100,6 +113,11 @@ def pairs(stage_options, models, engine, batch_tokens, max_length, length_baseli
     Reward models are order-free: each (conversation, reply) is scored on its own, so a pair has
     no first or second position to swap and no position bias to average out; the pair is scored
     as given.
+
+    \b
+    Examples:
+        synpref eval pairs -m untrained=rm/ -m trained=run/best --length-baseline held-out.jsonl.zst --save report/
+        synpref score -m rm/ --name rm < held-out.jsonl.zst | synpref eval pairs --by extra.bias
     """
     from synpref.eval.pairs import MissingScores
     from synpref.eval.run import ScoringOptions, evaluate_pair_stream, reward_functions
@@ -141,7 +159,8 @@ def benchmark_command(benchmark: Benchmark) -> click.Command:
             raise click.ClickException(str(error)) from None
         _render(report, as_json, save)
 
-    command.__doc__ = f"{benchmark.title}\n\n{benchmark.layout}\n\n{ORDER_FREE}"
+    command.__doc__ = f"{benchmark.title}\n\n{benchmark.layout}\n\n{ORDER_FREE}\n\n" + EXAMPLES.format(
+        name=benchmark.name, data=EXAMPLE_DATA[benchmark.name])
     command = add_options(command, [
         click.option("--data", multiple=True, required=True, type=click.Path(exists=True),
                      help="Benchmark file or directory in the published layout (repeatable)."),
@@ -170,7 +189,13 @@ _register()
 @click.option("--save", type=click.Path(file_okay=False), help="Write report.json, report.md and plots here.")
 def merge_reports(reports, as_json, save) -> None:
     """Join report.json files of one benchmark computed for different models (one per SLURM task)
-    into one side-by-side report."""
+    into one side-by-side report.
+
+    \b
+    Examples:
+        synpref eval merge runs/*/report.json --save merged/
+        synpref eval merge a/report.json b/report.json --json | jq .models
+    """
     from synpref.eval.report import merge, read_report
 
     loaded = [read_report(path) for path in reports]

