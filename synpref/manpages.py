@@ -22,15 +22,25 @@ def _escape(text: str) -> str:
     return "\n".join("\\&" + line if line.startswith((".", "'")) else line for line in text.split("\n"))
 
 
-def _description(help_text: str) -> list[str]:
-    """Click's help paragraphs; a paragraph after a lone \\b keeps its line breaks (examples)."""
-    lines: list[str] = []
+def _sections(help_text: str) -> tuple[list[str], list[str]]:
+    """Click's help paragraphs as DESCRIPTION and EXAMPLES lines. A paragraph after a lone \\b keeps its
+    line breaks; one whose first line starts with "Examples" is the EXAMPLES section (that line, less
+    the word, introduces it when it says more)."""
+    description: list[str] = []
+    examples: list[str] = []
     for paragraph in inspect.cleandoc(help_text).split("\n\n"):
-        if paragraph.startswith("\b\n"):
-            lines += [".PP", ".nf", _escape(textwrap.dedent(paragraph[2:]).strip("\n")), ".fi"]
+        if not paragraph.startswith("\b\n"):
+            description += [".PP", _escape(" ".join(paragraph.split()))]
+            continue
+        body = textwrap.dedent(paragraph[2:]).strip("\n")
+        heading, _, rest = body.partition("\n")
+        if heading.startswith("Examples"):
+            intro = heading.removeprefix("Examples").strip(" :").strip("()")
+            examples += [".PP", _escape(intro[:1].upper() + intro[1:] + ":")] if intro else []
+            examples += [".PP", ".nf", _escape(textwrap.dedent(rest).strip("\n")), ".fi"]
         else:
-            lines += [".PP", _escape(" ".join(paragraph.split()))]
-    return lines
+            description += [".PP", ".nf", _escape(body), ".fi"]
+    return description, examples
 
 
 def _option(param: click.Parameter, ctx: click.Context) -> list[str]:
@@ -46,6 +56,7 @@ def _option(param: click.Parameter, ctx: click.Context) -> list[str]:
 def render(command: click.Command, path: list[str], ctx: click.Context) -> str:
     """The man page of one command; `path` is its words, e.g. ['synpref', 'dedupe', 'filter']."""
     title = "-".join(path)
+    description, examples = _sections(command.help or "")
     lines = [
         f'.TH {title.upper()} 1 "" "synpref {__version__}" "synpref manual"',
         ".SH NAME",
@@ -54,13 +65,15 @@ def render(command: click.Command, path: list[str], ctx: click.Context) -> str:
         f".B {_escape(' '.join(path))}",
         _escape(" ".join(command.collect_usage_pieces(ctx))),
         ".SH DESCRIPTION",
-        *_description(command.help or ""),
+        *description,
     ]
     options = [
         line for param in command.get_params(ctx) if isinstance(param, click.Option) for line in _option(param, ctx)
     ]
     if options:
         lines += [".SH OPTIONS", *options]
+    if examples:
+        lines += [".SH EXAMPLES", *examples]
     if isinstance(command, click.Group):
         lines.append(".SH COMMANDS")
         for name in command.list_commands(ctx):

@@ -71,10 +71,12 @@ class TrainConfig:
     device: str | None = None
     sharding: str = "none"  # none | optimizer (ZeRO-1) | model (FSDP): see engines/torch_train.py
     progress: bool | None = None
+    state_cache: str | None = None  # frozen backbone: last-layer states shared with `synpref score`
 
     def fingerprint(self) -> dict[str, Any]:
-        """The settings a resume must share (not the device, progress or save cadence)."""
-        keep = {k: v for k, v in asdict(self).items() if k not in ("device", "progress", "save_every", "output")}
+        """The settings a resume must share (not the device, progress, save cadence or state cache)."""
+        skip = ("device", "progress", "save_every", "output", "state_cache")
+        keep = {k: v for k, v in asdict(self).items() if k not in skip}
         keep["inputs"] = {"train": [_input_hash(p) for p in self.train], "gold": [_input_hash(p) for p in self.gold]}
         return keep
 
@@ -171,7 +173,7 @@ class TrainingRun:
         self.trainer = RewardModelTrainer(
             config.model, config.lr, total, warmup, config.schedule, config.weight_decay, config.max_grad_norm,
             config.center, config.train_layers, config.gradient_checkpointing, config.batch_tokens, config.device,
-            config.sharding,
+            config.sharding, config.state_cache,
         )
         trainer = self.trainer
         if trainer.frozen_backbone:

@@ -26,7 +26,7 @@ FAKE_SBATCH = """#!PYTHON
 \"\"\"sbatch stand-in: each submission is appended to $FAKE_SBATCH_LOG (JSON lines) and run at once, each
 array task in turn with the SLURM variables set, its output in $FAKE_SBATCH_LOG.JOB-TASK.out. Options
 must be written --name=value. A job whose afterok dependency is unknown or failed is refused.\"\"\"
-import json, os, subprocess, sys
+import json, os, subprocess, sys, time
 
 log = os.environ["FAKE_SBATCH_LOG"]
 jobs = [json.loads(line) for line in open(log)] if os.path.exists(log) else []
@@ -43,7 +43,7 @@ for dependency in filter(None, options.get("--dependency", "").split(",")):
 command = ["bash", "-c", options["--wrap"]] if "--wrap" in options else ["bash", *args]
 first, _, last = options.get("--array", "").partition("-")
 tasks = list(range(int(first), int(last or first) + 1)) if first else [None]
-ok = True
+ok, start = True, time.monotonic()
 for task in tasks:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env["SLURM_JOB_ID"] = job
@@ -53,7 +53,8 @@ for task in tasks:
     with open(f"{log}.{job}-{task}.out", "w") as out:
         ok = subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT).returncode == 0 and ok
 with open(log, "a") as handle:
-    handle.write(json.dumps({"id": job, "options": options, "command": args, "tasks": len(tasks), "ok": ok}) + "\\n")
+    handle.write(json.dumps({"id": job, "options": options, "command": args, "tasks": len(tasks), "ok": ok,
+                             "seconds": round(time.monotonic() - start, 1)}) + "\\n")
 print(job if "--parsable" in options else f"Submitted batch job {job}")
 """
 
@@ -95,7 +96,7 @@ def free_port() -> int:
 def shortest(examples: Path, name: str, count: int, skip: int = 0) -> list[dict]:
     """COUNT of the shortest pairs of an embedded set (after the SKIP shortest), for cheap model runs."""
     records = [r for r in read_json_records(str(examples / f"{name}.jsonl.zst")) if r["chosen"] and r["rejected"]]
-    records.sort(key=lambda r: sum(len(t["content"]) for t in r["conversation"]) + len(r["chosen"]) + len(r["rejected"]))
+    records.sort(key=lambda r: len(str(r["conversation"])) + len(r["chosen"]) + len(r["rejected"]))
     return records[skip : skip + count]
 
 
@@ -117,7 +118,7 @@ def test_script_parses_and_passes_shellcheck(script: Path):
 
 @pytest.mark.parametrize("script", [p for p in SCRIPTS if p.parent.name == "bin"], ids=lambda p: p.name)
 def test_script_without_arguments_prints_its_usage(script: Path):
-    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, env={**os.environ, "SLURM_JOB_ID": ""})
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True)
     assert done.returncode == 2
     assert script.name in done.stderr or "sbatch" in done.stderr  # the header comment: how to submit it
 
@@ -138,13 +139,15 @@ def test_annotate_slurm_reports_a_server_that_dies_and_skips_a_finished_shard(tm
 
 
 @pytest.mark.slow
-def test_curate_chains_every_bin_script_with_afterok_dependencies(smollm2_rm: Path, examples: Path, tmp_path: Path):
+def test_curate_chains_every_bin_script_with_afterok_dependencies(smollm2_rm: Path, examples: Path,
+                                                                   tmp_path: Path):
     pytest.importorskip("xllamacpp")
     fakes = tmp_path / "fakes"
     fakes.mkdir()
     executable(fakes / "sbatch", FAKE_SBATCH)
     vllm = executable(fakes / "vllm", FAKE_VLLM)
-    pool, gold, heldout = shortest(examples, "hh-harmless-base-test", 7), tmp_path / "gold.jsonl.zst", tmp_path / "h.jsonl.zst"
+    pool = shortest(examples, "hh-harmless-base-test", 7)
+    gold, heldout = tmp_path / "gold.jsonl.zst", tmp_path / "heldout.jsonl.zst"
     write_records(shortest(examples, "hh-harmless-base-test", 3, skip=7), str(gold))
     write_records(shortest(examples, "pandalm-test", 3), str(heldout))
     benchmark = [{"role": "user", "content": "Write a short poem about the sea at night, with the moon and the stars "
@@ -164,11 +167,11 @@ def test_curate_chains_every_bin_script_with_afterok_dependencies(smollm2_rm: Pa
         "JUDGE_FLAGS": "--max-chars 300 --example-chars 100", "HEALTH_TIMEOUT": "120",
     }
     work = tmp_path / "work"
-    done = subprocess.run(["bash", str(REPO / "bin/curate.sh"), "submit", str(work), str(tmp_path / "pool.jsonl.zst")],
-                          env=env, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    submit = ["bash", str(REPO / "bin/curate.sh"), "submit", str(work), str(tmp_path / "pool.jsonl.zst")]
+    done = subprocess.run(submit, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     jobs = [json.loads(line) for line in log.read_text().splitlines()]
     failed = [j for j in jobs if not j["ok"]]
-    outputs = "".join(p.read_text()[-3000:] for j in failed for p in tmp_path.glob(f"sbatch.jsonl.{j['id']}-*.out"))
+    outputs = "".join(out.read_text()[-3000:] for j in failed for out in tmp_path.glob(f"sbatch.jsonl.{j['id']}-*"))
     assert done.returncode == 0 and not failed, done.stderr + outputs
 
     # the chain: each job waits for the jobs whose outputs it reads, all submitted before it
@@ -199,10 +202,11 @@ def test_curate_chains_every_bin_script_with_afterok_dependencies(smollm2_rm: Pa
 
     # scoring, routing, judging: every clean pair scored twice, routed once, the unconfident ones judged
     scored = [r for task in (0, 1) for r in read_json_records(str(work / f"scored/kept-{task:05d}.jsonl.zst"))]
-    assert sorted(r["id"] for r in scored) == sorted(clean) and all({"rm", "gold"} <= set(r["scores"]) for r in scored)
+    assert sorted(r["id"] for r in scored) == sorted(clean)
+    assert all({"rm", "gold"} <= set(r["scores"]) for r in scored)
     confident = [i for t in (0, 1) for i in ids(work / f"confident/kept-{t:05d}.jsonl.zst")]
     unconfident = [i for t in (0, 1) for i in ids(work / f"unconfident/kept-{t:05d}.jsonl.zst")]
-    assert sorted(confident + unconfident) == sorted(clean)
+    assert sorted(confident + unconfident) == sorted(clean) and unconfident  # the judge has pairs to label
     assert {r["id"] for r in scored if r["scores"]["rm"]["p"] > 0.5} == set(confident)
     judged = list(read_json_records(str(work / "judged/annotated-0-of-1.jsonl.zst")))
     assert sorted(r["id"] for r in judged) == sorted(unconfident)

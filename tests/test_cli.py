@@ -163,9 +163,12 @@ def test_man_pages_are_in_sync_with_help():
     assert all(f"synpref-{name}.1" in expected for name in COMMANDS)
 
 
-def test_every_command_documents_its_options():
+def test_every_command_documents_its_options_and_shows_a_pipe_in_its_examples():
     for name, text in pages().items():
         assert ".SH DESCRIPTION\n.PP\n" in text and "\\- \n" not in text, name
+        examples = text.partition("\n.SH EXAMPLES\n")[2].partition("\n.SH ")[0]
+        assert " | " in examples, name  # a pipe
+        assert "\n.nf\nExamples" not in text, name  # not left in the description
 
 
 def test_pair_detection():

@@ -120,6 +120,8 @@ def annotate() -> None:
         synpref annotate judge -m a/ -m b/ --examples gold.jsonl.zst --both-orders retrieved.zst -o judged.zst
         synpref annotate judge --engine openai --base-url http://node:8000/v1 -m Qwen/Qwen2.5-72B-Instruct \\
             --mode generate --votes 5 pool.zst -o judged.zst
+        synpref annotate attributes -m q=Qwen2.5-7B-Instruct/ pool.zst | synpref annotate verify -m q=Qwen2.5-7B-Instruct/ \\
+          | synpref annotate judge -m q=Qwen2.5-7B-Instruct/ | synpref stats
 
     See docs/annotate.md for the prompt layouts, aggregation rules and label fields.
     """

@@ -214,6 +214,8 @@ def signatures(stage_options: StageOptions, config: DedupeConfig, work: str) -> 
     Examples:
         synpref dedupe signatures --work W --shard 3/64 --decontaminate bench/ pool/   # task 3 of 64
         sbatch --array=0-63 --wrap 'synpref dedupe signatures --work W pool/'          # shard from SLURM
+        synpref dedupe signatures --work W --shard 0/1 pool/ && synpref dedupe clusters --work W \\
+          && synpref dedupe filter --work W --shard 0/1 pool/ --removed removed.jsonl.zst | synpref stats
     """
     shard = stage_options.shard or Shard(0, 1)
     # bad lines are the filter pass's to write; this pass counts them
@@ -236,6 +238,8 @@ def clusters(work: str) -> None:
     Examples:
         synpref dedupe clusters --work W        # once, after every signatures task
         sbatch --dependency=afterok:$SIGNATURES_JOB --wrap 'synpref dedupe clusters --work W'
+        synpref dedupe clusters --work W && synpref dedupe filter --work W --shard 0/1 pool/ \\
+          --removed removed.jsonl.zst | synpref score -m rm/ -o scored.jsonl.zst
     """
     try:
         decisions = write_decisions(work)

@@ -7,7 +7,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from synpref.cli.options import add_options, max_length_option, open_stage, run_stage, stage_options
+from synpref.cli.options import (
+    add_options,
+    max_length_option,
+    open_stage,
+    run_stage,
+    stage_options,
+    state_cache_option,
+    torch_state_cache,
+)
 
 if TYPE_CHECKING:
     from synpref.eval.run import Benchmark
@@ -64,6 +72,7 @@ def model_options(command: Callable) -> Callable:
                      help="Score engine (the one `synpref score` uses)."),
         click.option("--batch-tokens", type=click.IntRange(min=1), default=None,
                      help="Token budget of a length-sorted batch (default: synpref score's)."),
+        state_cache_option(),
         max_length_option("Truncate inputs to this many tokens, as synpref score does (reward-bench uses 2048; "
                           "long-context reward models need 16384). Default: no limit beyond the model's."),
         click.option("--length-baseline", is_flag=True,
@@ -100,8 +109,8 @@ def eval_group() -> None:
               help="Also write the input pairs with the new scores.NAME {chosen, rejected, p} (zstd JSONL), "
                    "so the next evaluation reuses them.")
 @report_options
-def pairs(stage_options, models, engine, batch_tokens, max_length, length_baseline, by, scored, as_json, save,
-          resamples, seed) -> None:
+def pairs(stage_options, models, engine, batch_tokens, state_cache, max_length, length_baseline, by, scored, as_json,
+          save, resamples, seed) -> None:
     """Pairwise accuracy of reward models on a pair stream, overall and per source.
 
     A pair counts as right when r(chosen) > r(rejected), as half right on an exact tie. Scores
@@ -122,7 +131,7 @@ def pairs(stage_options, models, engine, batch_tokens, max_length, length_baseli
     from synpref.eval.pairs import MissingScores
     from synpref.eval.run import ScoringOptions, evaluate_pair_stream, reward_functions
 
-    options = ScoringOptions(engine, batch_tokens, max_length)
+    options = ScoringOptions(engine, batch_tokens, max_length, state_cache=torch_state_cache(state_cache, engine))
     stage = open_stage("eval pairs", stage_options, emits=False)
     try:
         functions = reward_functions(list(models), options, None)
@@ -147,12 +156,13 @@ LOADER_OPTIONS: dict[str, list[Callable]] = {
 def benchmark_command(benchmark: Benchmark) -> click.Command:
     """One subcommand per benchmark, all with the same model, cache and report options."""
 
-    def command(data, models, engine, batch_tokens, max_length, length_baseline, scores, save_scores, as_json, save,
-                resamples, seed, **load_options: Any) -> None:
+    def command(data, models, engine, batch_tokens, state_cache, max_length, length_baseline, scores, save_scores,
+                as_json, save, resamples, seed, **load_options: Any) -> None:
         from synpref.eval.common import BenchmarkError
         from synpref.eval.run import ScoringOptions, run_benchmark
 
-        options = ScoringOptions(engine, batch_tokens, max_length, scores, save_scores, length_baseline)
+        options = ScoringOptions(engine, batch_tokens, max_length, scores, save_scores, length_baseline,
+                                 state_cache=torch_state_cache(state_cache, engine))
         try:
             report = run_benchmark(benchmark.name, data, list(models), options, resamples, seed, **load_options)
         except BenchmarkError as error:

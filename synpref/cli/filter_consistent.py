@@ -4,7 +4,14 @@ import textwrap
 
 import click
 
-from synpref.cli.options import max_length_option, open_stage, run_stage, stage_options
+from synpref.cli.options import (
+    max_length_option,
+    open_stage,
+    run_stage,
+    stage_options,
+    state_cache_option,
+    torch_state_cache,
+)
 from synpref.filter_consistent import JUDGE_PREFIX, MISSING_GOLD, REASONS, THRESHOLD
 
 
@@ -77,8 +84,9 @@ Examples:
 @click.option("--device", help="torch device for a model directory (default: cuda when available, else cpu).")
 @max_length_option("For a model directory: truncate longer pairs as `synpref score` does (default: the "
                    "model's context).")
+@state_cache_option()
 def filter_consistent(stage_options, gold, rm, judges, threshold, recycle, missing_gold, engine, device,
-                      max_length):
+                      max_length, state_cache):
     from synpref.filter_consistent import ConsistencyConfig, filter_consistent, resolve_signal, summary_lines
 
     try:
@@ -93,6 +101,7 @@ def filter_consistent(stage_options, gold, rm, judges, threshold, recycle, missi
         config = ConsistencyConfig(gold_name, rm_name, tuple(judges), threshold, recycle, missing_gold)
     except ValueError as error:
         raise click.UsageError(str(error)) from None
+    state_cache = torch_state_cache(state_cache, engine)
     stage = open_stage("filter-consistent", stage_options)
     models = {}
     for name, model_dir in ((gold_name, gold_model), (rm_name, rm_model)):
@@ -100,7 +109,8 @@ def filter_consistent(stage_options, gold, rm, judges, threshold, recycle, missi
             from synpref.engines.reward import RewardScorer
 
             try:
-                models[name] = RewardScorer(model_dir, engine=engine, device=device, max_length=max_length)
+                models[name] = RewardScorer(model_dir, engine=engine, device=device, max_length=max_length,
+                                            state_cache=state_cache)
             except (FileNotFoundError, ValueError) as error:
                 raise click.ClickException(str(error)) from None
     consistency = run_stage(stage, lambda: filter_consistent(stage, config, models))

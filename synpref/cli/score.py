@@ -4,7 +4,14 @@ import os
 
 import click
 
-from synpref.cli.options import max_length_option, open_stage, run_stage, stage_options
+from synpref.cli.options import (
+    max_length_option,
+    open_stage,
+    run_stage,
+    stage_options,
+    state_cache_option,
+    torch_state_cache,
+)
 from synpref.engines.reward import DEFAULT_WINDOW
 from synpref.engines.torch_reward import DEFAULT_RECHECK_MARGIN
 
@@ -67,6 +74,7 @@ from synpref.engines.torch_reward import DEFAULT_RECHECK_MARGIN
     show_default=True,
     help="Pairs length-sorted together; with -o also how often finished pairs are saved for resume.",
 )
+@state_cache_option()
 def score(
     stage_options,
     model_dir,
@@ -79,6 +87,7 @@ def score(
     device,
     prefix_reuse,
     window,
+    state_cache,
 ):
     """Add scores.NAME = {chosen, rejected, p} to every pair with a reward model.
 
@@ -105,10 +114,12 @@ def score(
     Examples:
         synpref score -m rm/ pairs.jsonl.zst -o scored.jsonl.zst --progress
         synpref score -m gold-rm/ --name gold --engine vllm < pairs.jsonl.zst > scored.jsonl.zst
+        synpref score -m rm/ --name rm < pool.jsonl.zst | synpref score -m gold-rm/ --name gold | synpref stats
     """
     from synpref.engines.reward import RewardScorer
     from synpref.score import score_stage
 
+    state_cache = torch_state_cache(state_cache, engine)
     stage = open_stage("score", stage_options)
     try:
         scorer = RewardScorer(
@@ -121,6 +132,7 @@ def score(
             prefix_reuse=prefix_reuse,
             window=window,
             recheck_margin=recheck_margin,
+            state_cache=state_cache,
         )
     except (FileNotFoundError, ValueError) as error:
         raise click.ClickException(str(error)) from None

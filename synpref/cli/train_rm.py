@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import click
 
-from synpref.cli.options import add_options, max_length_option
+from synpref.cli.options import add_options, max_length_option, state_cache_option
 from synpref.engines.torch_train import SCHEDULES
 from synpref.io import StreamError
 
@@ -55,6 +55,7 @@ TRAINING_OPTIONS = [
                       "1/world of the weights; model = FSDP (ZeRO-3), weights, gradients and AdamW state split, "
                       "for models that do not fit one GPU."),
     click.option("--progress/--no-progress", default=None, help="tqdm bar (pairs/s). Default: when stderr is a terminal."),
+    state_cache_option(),
 ]
 
 
@@ -89,6 +90,7 @@ def train_rm(**options) -> None:
         synpref train-rm -m rm/ --train silver.jsonl.zst --gold gold.jsonl.zst -o runs/rm1
         synpref train-rm -m rm/ --train pairs/ --gold gold.jsonl.zst -o runs/head --train-layers 0 --lr 1e-3
         torchrun --nproc-per-node 8 -m synpref train-rm -m rm/ --train silver/ --gold gold.jsonl.zst -o runs/rm2
+        synpref score -m runs/rm1/best --name rm1 < held-out.jsonl.zst | synpref eval pairs --length-baseline
     """
     from synpref.train_rm import TrainConfig, train_reward_model
 

@@ -6,6 +6,7 @@
     # into rows of 1024 tokens (one pair per row with batch_tokens=1)
     # quantize="bf16": CPU bf16 matmuls, close calls re-scored in fp32 (see TorchRewardEngine.score)
     # max_length=None: the model's context (`context_length`); longer pairs are truncated and marked
+    # state_cache="DIR": last-layer states shared by RMs of one backbone (synpref.engines.state_cache)
     scorer.rewards([(conversation, reply), ...])              -> list[float]   # any replies
     scorer.group_rewards([(conversation, [r1, r2, r3, r4]), ...]) -> list[list[float]]  # best-of-N
     scorer.iter_group_rewards(groups)                          -> Iterator[GroupReward]  # streaming
@@ -55,6 +56,7 @@ class RewardScorer:
         prefix_reuse: str = "auto",
         window: int = DEFAULT_WINDOW,
         recheck_margin: float = DEFAULT_RECHECK_MARGIN,
+        state_cache: str | None = None,
         **engine_options: Any,
     ):
         from synpref.models.tokenizer import load_tokenizer
@@ -65,14 +67,14 @@ class RewardScorer:
         self.model_dir, self.window = model_dir, window
         if engine == "torch":
             self.engine: RewardEngine = TorchRewardEngine(
-                model_dir, batch_tokens, device, quantize, prefix_reuse, recheck_margin
+                model_dir, batch_tokens, device, quantize, prefix_reuse, recheck_margin, state_cache=state_cache
             )
             tokenizer, config = self.engine.tokenizer, self.engine.model.config
         elif engine == "vllm":
             from synpref.engines.vllm_reward import VllmRewardEngine
 
-            if quantize is not None:
-                raise ValueError("quantize is an option of the torch engine")
+            if quantize is not None or state_cache is not None:
+                raise ValueError(f"{'quantize' if quantize else 'state_cache'} is an option of the torch engine")
             self.engine = VllmRewardEngine(model_dir, max_model_len=max_length, **engine_options)
             from transformers import AutoConfig
 

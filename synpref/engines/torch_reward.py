@@ -2,7 +2,8 @@
 
 The conversation a group (a pair) shares is computed once where it pays, batches are length-sorted
 under a token budget (`synpref.engines.batching`), and the last layer's MLP runs only on the rows
-the head reads. The reward is the model's one output at the last token of each sequence.
+the head reads. The reward is the model's one output at the last token of each sequence. With a
+state cache (`synpref.engines.state_cache`), groups whose every sequence is cached cost the head alone.
 """
 
 from __future__ import annotations
@@ -14,6 +15,13 @@ from synpref.engines import Progress
 from synpref.engines.batching import padded_cost, token_budget_batches
 from synpref.engines.bf16 import add_bf16_weights, closest_gap, use_bf16
 from synpref.engines.packing import pack_blocks, pad_rows, span_attention
+from synpref.engines.state_cache import (
+    StateCache,
+    cached_groups,
+    fingerprint,
+    open_state_cache,
+    weights_digest,
+)
 from synpref.models.formatting import EncodedGroup
 
 # On CPU, rows of 1024 packed tokens (~4 hh pairs) beat one pair per row by 17% in fp32 and 8% in
@@ -44,8 +52,10 @@ class TorchRewardEngine:
 
     def __init__(self, model_dir: str, batch_tokens: int | None = None, device: str | None = None,
                  quantize: str | None = None, prefix_reuse: str = "auto",
-                 recheck_margin: float = DEFAULT_RECHECK_MARGIN, train: bool = False):
-        """`train`: fp32 weights on every device (the trainer autocasts to bf16 on CUDA)."""
+                 recheck_margin: float = DEFAULT_RECHECK_MARGIN, train: bool = False,
+                 state_cache: str | None = None):
+        """`train`: fp32 weights on every device (the trainer autocasts to bf16 on CUDA). `state_cache`:
+        a directory of last-layer states shared by models of the same backbone (see `score`)."""
         import torch
 
         from synpref.models.reward import load_reward_model, reward_head
@@ -60,6 +70,8 @@ class TorchRewardEngine:
         if prefix_reuse not in ("auto", "always", "never"):
             raise ValueError(f"prefix_reuse must be auto, always or never, not {prefix_reuse!r}")
         self.backbone = getattr(self.model, self.model.base_model_prefix)
+        self.state_cache = state_cache
+        self._weights_digest: bytes | None = None
         self._bf16_linears = add_bf16_weights(self.backbone, torch) if quantize == "bf16" else []
         self.low_precision = quantize == "bf16"
         self.head = reward_head(self.model)
@@ -103,8 +115,22 @@ class TorchRewardEngine:
         mlp.register_forward_pre_hook(before)
         mlp.register_forward_hook(after)
 
+    def open_state_cache(self, directory: str, bf16: bool = False) -> StateCache:
+        """The state cache of this backbone as it runs here (BF16: under `quantize`'s bf16 matmuls): keyed
+        by its weights (computed once, while they are those loaded), device type and matmul precision."""
+        if self._weights_digest is None:
+            self._weights_digest = weights_digest(self.backbone, self.model.config.to_dict())
+        settings = f"{self.torch.device(self.device).type}:{'bf16-matmuls' if bf16 else 'plain'}"
+        return open_state_cache(directory, fingerprint(self._weights_digest, settings), self.model.config.hidden_size)
+
+    def _cache(self, bf16: bool) -> StateCache | None:
+        return self.open_state_cache(self.state_cache, bf16) if self.state_cache else None
+
     def score(self, groups: Sequence[EncodedGroup], progress: Progress | None = None) -> list[list[float]]:
         """Rewards for every sequence of every group, in the order given.
+
+        With `state_cache`, a group whose every sequence's state is cached is scored by the head alone;
+        the others run the forward and their states are stored. bf16 matmuls and fp32 keep apart caches.
 
         With `quantize="bf16"` the backbone's matmuls run in bfloat16 (see `_add_bf16_weights`);
         groups whose rewards come within `recheck_margin` of each other, where bf16 noise could flip
@@ -113,24 +139,45 @@ class TorchRewardEngine:
         type and layer alike): 86% of decisions kept on 80 hh pairs, so it is not offered.
         """
         if not self.low_precision:
-            return self._score(groups, progress)
+            return self._score(groups, progress, self._cache(bf16=False))
         use_bf16(self._bf16_linears, True)
         try:
-            results = self._score(groups, progress)
+            results = self._score(groups, progress, self._cache(bf16=True))
         finally:
             use_bf16(self._bf16_linears, False)
         close = [i for i, rewards in enumerate(results) if closest_gap(rewards) < self.recheck_margin]
         if close:
-            for index, rewards in zip(close, self._score([groups[i] for i in close], None), strict=True):
+            rechecked = self._score([groups[i] for i in close], None, self._cache(bf16=False))
+            for index, rewards in zip(close, rechecked, strict=True):
                 results[index] = rewards
         return results
 
-    def _score(self, groups: Sequence[EncodedGroup], progress: Progress | None) -> list[list[float]]:
+    def _score(
+        self, groups: Sequence[EncodedGroup], progress: Progress | None, cache: StateCache | None
+    ) -> list[list[float]]:
         results: list[list[float]] = [[] for _ in groups]
+        pending, keys = list(range(len(groups))), []
+        if cache is not None:
+            keys, hit = cached_groups(cache, (group.sequences for group in groups))
+            pending = [index for index in pending if not hit[index]]
+            self._head_only(groups, [index for index, cached in enumerate(hit) if cached], keys, cache,
+                            results, progress)
+        todo = [groups[index] for index in pending]
         longest = lambda group: max(map(len, group.sequences))  # noqa: E731
-        for batch in token_budget_batches(groups, longest, self._batch_cost, self.batch_tokens):
-            self._run(groups, batch, results, progress)
+        for batch in token_budget_batches(todo, longest, self._batch_cost, self.batch_tokens):
+            self._run(groups, [pending[i] for i in batch], results, progress, cache, keys)
         return results
+
+    def _head_only(self, groups: Sequence[EncodedGroup], done: list[int], keys: list[list[bytes]],
+                   cache: StateCache, results: list[list[float]], progress: Progress | None) -> None:
+        """Rewards of the groups whose states are all cached: the head on those states."""
+        if not done:
+            return
+        states = cache.get([key for index in done for key in keys[index]])
+        with self.no_grad():
+            head = next(self.head.parameters())
+            rewards = self.head(states.to(head.device, head.dtype)).float()[:, 0].cpu().tolist()
+        self._spread(groups, done, rewards, results, progress)
 
     def _blocks(self, group: EncodedGroup) -> list[tuple[list[int], list[list[int]]]]:
         """A group as packed blocks of (shared prefix, replies after it)."""
@@ -158,18 +205,26 @@ class TorchRewardEngine:
         longest_suffix = max(len(s) - group.prefix_length for group in batch for s in group.sequences)
         return len(batch) * longest_prefix + rows * longest_suffix
 
-    def _run(
-        self, groups: Sequence[EncodedGroup], batch: list[int], results: list[list[float]], progress
-    ) -> None:
-        members = [groups[index] for index in batch]
+    def _run(self, groups: Sequence[EncodedGroup], batch: list[int], results: list[list[float]], progress,
+             cache: StateCache | None, keys: list[list[bytes]]) -> None:
         with self.no_grad():
-            rewards = self.rewards(members).cpu().tolist()
+            states = self.reply_states([groups[index] for index in batch])
+            if cache is not None:
+                cache.put([key for index in batch for key in keys[index]], states)
+            rewards = self.head(states).float()[:, 0].cpu().tolist()
+        self._spread(groups, batch, rewards, results, progress)
+
+    @staticmethod
+    def _spread(groups: Sequence[EncodedGroup], batch: list[int], rewards: list[float],
+                results: list[list[float]], progress: Progress | None) -> None:
+        """Hand the flat REWARDS of BATCH's groups back to their places in RESULTS; advance PROGRESS."""
         position = 0
-        for index, group in zip(batch, members, strict=True):
-            results[index] = rewards[position : position + len(group.sequences)]
-            position += len(group.sequences)
+        for index in batch:
+            count = len(groups[index].sequences)
+            results[index] = rewards[position : position + count]
+            position += count
         if progress is not None:
-            progress(len(batch), sum(len(s) for group in members for s in group.sequences))
+            progress(len(batch), sum(len(s) for index in batch for s in groups[index].sequences))
 
     def rewards(self, members: Sequence[EncodedGroup]) -> Any:
         """(sequences,) fp32 tensor of the rewards of every sequence of MEMBERS, one batch; under

@@ -12,7 +12,8 @@ Loss per pair (TRL's RewardTrainer, OpenRLHF's PairWiseLoss): -log sigmoid(r_c -
 `center` * (r_c + r_r)^2 when reward centering is asked (TRL's center_rewards_coefficient).
 `train_layers` K trains only the top K decoder blocks, the final norm and the head; K = 0 trains the
 head alone on last-layer states computed once (`FrozenFeatures`), which trains a useful head in
-minutes on a laptop CPU.
+minutes on a laptop CPU; with a `state_cache` those states are also looked up in, and added to, the
+cache `synpref score` uses, so runs over overlapping pairs from one backbone compute each once.
 
 Sharding under torchrun, for models whose training state does not fit one device (the steps stay those
 of unsharded training): `shard="optimizer"` is ZeRO stage 1 (the paper's final runs, with DeepSpeed):
@@ -33,6 +34,7 @@ from typing import Any
 
 from synpref.engines import Progress
 from synpref.engines.batching import token_budget_batches
+from synpref.engines.state_cache import StateCache, cached_groups
 from synpref.engines.torch_reward import TorchRewardEngine
 from synpref.models.formatting import EncodedGroup
 
@@ -85,19 +87,34 @@ def distributed() -> tuple[int, int]:
 
 class FrozenFeatures:
     """Last-layer states of every (chosen, rejected) group, computed once: with a frozen backbone the
-    head trains, and is evaluated, on these alone."""
+    head trains, and is evaluated, on these alone. With CACHE (frozen backbones only: it is keyed by
+    the weights as loaded), cached groups skip the forward and computed ones are stored."""
 
-    def __init__(self, engine: TorchRewardEngine, groups: Sequence[EncodedGroup], progress: Progress | None = None):
+    def __init__(self, engine: TorchRewardEngine, groups: Sequence[EncodedGroup], progress: Progress | None = None,
+                 cache: StateCache | None = None):
         torch = engine.torch
         self.states: list[Any] = [None] * len(groups)
+        pending, keys = list(range(len(groups))), []
+        if cache is not None:
+            keys, hit = cached_groups(cache, (group.sequences for group in groups))
+            pending = [index for index in pending if not hit[index]]
+            done = [index for index, cached in enumerate(hit) if cached]
+            for index in done:
+                self.states[index] = cache.get(keys[index]).to(engine.device)
+            if progress is not None and done:
+                progress(len(done), sum(len(s) for i in done for s in groups[i].sequences))
+        todo = [groups[index] for index in pending]
         longest = lambda group: max(map(len, group.sequences))  # noqa: E731
         with torch.no_grad():  # not inference_mode: the head's backward reads these states
-            for batch in token_budget_batches(groups, longest, engine._batch_cost, engine.batch_tokens):
-                states = engine.reply_states([groups[i] for i in batch]).float()
-                for offset, index in enumerate(batch):
+            for batch in token_budget_batches(todo, longest, engine._batch_cost, engine.batch_tokens):
+                indexes = [pending[i] for i in batch]
+                states = engine.reply_states([groups[i] for i in indexes]).float()
+                if cache is not None:
+                    cache.put([key for i in indexes for key in keys[i]], states)
+                for offset, index in enumerate(indexes):
                     self.states[index] = states[2 * offset : 2 * offset + 2].clone()
                 if progress is not None:
-                    progress(len(batch), sum(len(s) for i in batch for s in groups[i].sequences))
+                    progress(len(batch), sum(len(s) for i in indexes for s in groups[i].sequences))
 
 
 class RewardModelTrainer:
@@ -118,7 +135,10 @@ class RewardModelTrainer:
         batch_tokens: int | None = None,
         device: str | None = None,
         shard: str = "none",
+        state_cache: str | None = None,
     ):
+        """`state_cache`: a directory of last-layer states (`synpref.engines.state_cache`), used only with a
+        frozen backbone (`train_layers=0`) and not under FSDP (whose forward every process runs in step)."""
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
         if shard not in SHARDING:
@@ -138,6 +158,9 @@ class RewardModelTrainer:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             self.engine.trim = False
         self.fsdp = shard == "model" and self.world > 1
+        self.state_cache = (
+            self.engine.open_state_cache(state_cache) if state_cache and self.frozen_backbone and not self.fsdp else None
+        )
         if self.fsdp:
             self._fully_shard()
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
@@ -186,7 +209,7 @@ class RewardModelTrainer:
 
     def cache_features(self, pairs: Sequence[TrainPair], progress: Progress | None = None) -> None:
         """Frozen-backbone mode: compute the replies' last-layer states of PAIRS once."""
-        self.features = FrozenFeatures(self.engine, [pair.group for pair in pairs], progress)
+        self.features = FrozenFeatures(self.engine, [pair.group for pair in pairs], progress, self.state_cache)
 
     def _rewards(self, pairs: Sequence[TrainPair], indexes: Sequence[int] | None) -> Any:
         """(pairs, 2) rewards of chosen and rejected under autograd."""
@@ -247,7 +270,7 @@ class RewardModelTrainer:
         frozen backbone, the head on the groups' states computed on the first call."""
         if self.frozen_backbone:
             if self._gold is None or self._gold[0] is not groups:
-                self._gold = (groups, FrozenFeatures(self.engine, groups))
+                self._gold = (groups, FrozenFeatures(self.engine, groups, cache=self.state_cache))
             with self.torch.inference_mode():
                 states = self.torch.cat(self._gold[1].states)
                 return self.engine.head(states).float()[:, 0].view(-1, 2).tolist()

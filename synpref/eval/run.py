@@ -113,6 +113,7 @@ class ScoringOptions:
     save: str | None = None  # --save-scores
     length_baseline: bool = False
     notes: list[str] = field(default_factory=list)
+    state_cache: str | None = None  # --state-cache
 
 
 def reward_functions(specs: list[str], options: ScoringOptions, known: set[str] | None) -> dict[str, RewardFn | None]:
@@ -126,7 +127,8 @@ def reward_functions(specs: list[str], options: ScoringOptions, known: set[str] 
         if name in out:
             raise BenchmarkError(f"model name {name!r} given twice (name them: -m NAME=DIR)")
         if os.path.exists(path):
-            out[name] = reward_function(path, options.engine, options.batch_tokens, options.max_length)
+            out[name] = reward_function(path, options.engine, options.batch_tokens, options.max_length,
+                                        options.state_cache)
         elif known is None or name in known:
             out[name] = None
         else:
