@@ -1,5 +1,6 @@
-# Two commands on a fresh machine: `make demo` (set up, then a curation run on the embedded real data)
-# and `make test`. Both create the virtualenv in $(VENV) when it is not there yet.
+# Two commands on a fresh machine: `make demo` (set up, then the two-stage curation run of
+# examples/two-stage on the embedded real data; DEMO_ARGS="--iterations 2" passes flags) and
+# `make test`. Both create the virtualenv in $(VENV) when it is not there yet.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -q
@@ -22,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	PATH="$(abspath $(VENV))/bin:$$PATH" bash examples/demo.sh
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash examples/two-stage/run.sh $(DEMO_ARGS)
 
 test: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)

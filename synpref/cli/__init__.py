@@ -134,6 +134,7 @@ def cli() -> None:
     Examples:
         synpref cat hh-rlhf/ skywork/ | synpref dedupe --removed removed.jsonl.zst | synpref stats
         synpref score -m rm/ --name rm < pool.jsonl.zst | synpref route --rm rm --unconfident judge.jsonl.zst > sure.jsonl.zst
+        bash examples/two-stage/run.sh      # the whole two-stage curation on examples/data (make demo)
     """
 
 
