@@ -8,6 +8,7 @@ Attention runs per block (`span_attention`), so the row's off-diagonal blocks ar
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,18 +28,41 @@ def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, torch: Any) -> tuple[An
 
 
 @dataclass
+class Span:
+    """One block of a packed row: the prefix starts at `begin`, the replies end at `reply_ends`
+    (exclusive); `mask` is its causal block mask, for attention implementations that need one."""
+
+    begin: int
+    prefix_end: int
+    reply_ends: list[int]
+    mask: Any
+
+    def causal_runs(self) -> list[tuple[list[tuple[int, int]], int]]:
+        """The block as causal sequences: per reply, the row slices of prefix + reply and how many of
+        the run's last positions are that reply's own (the first run also gives the prefix)."""
+        runs, start = [], self.prefix_end
+        for number, end in enumerate(self.reply_ends):
+            if number == 0:
+                runs.append(([(self.begin, end)], end - self.begin))
+            else:
+                runs.append(([(self.begin, self.prefix_end), (start, end)], end - start))
+            start = end
+        return runs
+
+
+@dataclass
 class PackedRow:
     """One unpadded row: its ids and positions, the last token of every reply (in block order), and
-    per block (start, end, causal block mask) for `span_attention`."""
+    its blocks (`Span`) for `span_attention`."""
 
     ids: list[int]
     positions: list[int]
     ends: list[int]
-    spans: list[tuple[int, int, Any]]
+    spans: list[Span]
 
     def whole_mask(self, torch: Any) -> Any:
         """The row's full (1, 1, n, n) mask: the block masks on the diagonal."""
-        return torch.block_diag(*(mask[0, 0] for _, _, mask in self.spans))[None, None]
+        return torch.block_diag(*(span.mask[0, 0] for span in self.spans))[None, None]
 
 
 def pack_blocks(blocks: Sequence[Block], torch: Any, device: str = "cpu") -> PackedRow:
@@ -57,7 +81,8 @@ def pack_blocks(blocks: Sequence[Block], torch: Any, device: str = "cpu") -> Pac
         segments = torch.tensor(segment)
         visible = (segments[:, None] == segments[None, :]) | (segments[None, :] == 0)
         mask = torch.ones(len(segment), len(segment), dtype=torch.bool).tril() & visible
-        row.spans.append((begin, len(row.ids), mask[None, None].to(device)))
+        reply_ends = list(itertools.accumulate(map(len, replies), initial=begin + len(prefix)))[1:]
+        row.spans.append(Span(begin, begin + len(prefix), reply_ends, mask[None, None].to(device)))
     return row
 
 
@@ -66,8 +91,12 @@ def span_attention(torch: Any) -> str:
 
     A packed row holds several pairs; its mask is block-diagonal, and SDPA on the whole row would
     compute every off-diagonal block only to mask it away (4x slower for 4 pairs of ~230 tokens).
-    Given `synpref_spans` [(start, end, block mask)] from the model call's kwargs (transformers
-    hands them to the attention function) it runs SDPA per block; otherwise plain SDPA.
+    Given `synpref_spans` (the row's `Span`s) from the model call's kwargs (transformers hands them
+    to the attention function) it runs each block as causal runs, prefix + one reply each, with
+    `is_causal` and no mask: SDPA's flash kernel then skips the masked half and never materializes
+    an n x n mask (an 8,192-token reply would need 9 heads x 8,192^2 scores per layer); a second
+    reply's run recomputes the prefix's queries, which is cheaper than a masked square. Otherwise
+    plain SDPA.
     """
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -76,12 +105,12 @@ def span_attention(torch: Any) -> str:
     def attention(module, query, key, value, attention_mask, *args, synpref_spans=None, **kwargs):
         if synpref_spans is None:
             return sdpa_attention_forward(module, query, key, value, attention_mask, *args, **kwargs)
-        parts = [
-            sdpa_attention_forward(
-                module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], mask, *args, **kwargs
-            )[0]
-            for a, b, mask in synpref_spans
-        ]
+        parts = []
+        for span in synpref_spans:
+            for slices, own in span.causal_runs():
+                run = [torch.cat([t[:, :, a:b] for a, b in slices], dim=2) for t in (query, key, value)]
+                out = sdpa_attention_forward(module, *run, None, *args, is_causal=True, **kwargs)[0]
+                parts.append(out[:, out.shape[1] - own :])
         return torch.cat(parts, dim=1), None
 
     AttentionInterface.register("synpref_spans", attention)
