@@ -141,6 +141,9 @@ def cli() -> None:
 def main() -> None:
     """Console entry point. A closed pipe (`synpref cat x | head`) ends the run quietly with status
     141, as SIGPIPE ends a C tool; SIGTERM cleans up like Ctrl-C and ends with status 143."""
+    # transformers draws a bar at every model load ("Loading weights", the GGUF conversion): in a
+    # pipe of stages they flood stderr between synpref's own bars; HF_HUB_DISABLE_PROGRESS_BARS=0 keeps them
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     threading.Thread(target=_watchdog, name="synpref-sigterm", daemon=True).start()
     signal.signal(signal.SIGTERM, _terminate)
     try:
