@@ -17,15 +17,14 @@ Library API::
 
 from __future__ import annotations
 
-import math
 import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from synpref.labels import PREFERS
-from synpref.records import Record, RecordError, is_pair
+from synpref.records import Record, RecordError, check_scores, is_pair
+from synpref.records import check_labels as records_check_labels
 from synpref.stage import Stage, Verdict
 
 THRESHOLD = 0.5
@@ -161,56 +160,16 @@ def judges_state(votes: Mapping[str, str]) -> str:
     return STATE_OF_PREFERENCE[decided or "unsure"]
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def check_score(record: Record, name: str) -> float | None:
-    """p of `scores.NAME`, None when absent; a malformed entry raises RecordError naming the field."""
+    """p of `scores.NAME`, None when absent; a malformed `scores` raises RecordError naming the field
+    (the record validator's check, for records that did not come through a Stage)."""
     scores = record.get("scores")
-    if scores is None:
-        return None
-    if not isinstance(scores, dict):
-        raise RecordError(f"expected an object of score entries, got {type(scores).__name__}", "scores")
-    if name not in scores:
-        return None
-    entry = scores[name]
-    where = f"scores.{name}"
-    if not isinstance(entry, dict):
-        raise RecordError(f"expected a {{chosen, rejected, p}} object (as `synpref score` writes), "
-                          f"got {type(entry).__name__}", where)
-    if "p" not in entry:
-        raise RecordError("missing (a score entry needs p, the probability that the label is right)", f"{where}.p")
-    if not _number(entry["p"]) or not 0 <= entry["p"] <= 1:
-        raise RecordError(f"must be a number between 0 and 1, got {entry['p']!r}", f"{where}.p")
-    for side in ("chosen", "rejected"):
-        if side in entry and not _number(entry[side]):
-            raise RecordError(f"must be a number, got {entry[side]!r}", f"{where}.{side}")
-    return entry["p"]
+    return None if scores is None or name not in check_scores(scores) else scores[name]["p"]
 
 
-def check_labels(record: Record, prefixes: tuple[str, ...]) -> list[dict[str, Any]]:
-    """The record's labels, checked: every entry an object with a `by`; judge entries with a known
-    `prefers` and a confidence in [0, 1] when given. A bad one raises RecordError naming the field."""
-    labels = record.get("labels")
-    if labels is None:
-        return []
-    if not isinstance(labels, list):
-        raise RecordError(f"expected a list of label entries, got {type(labels).__name__}", "labels")
-    for index, label in enumerate(labels):
-        where = f"labels[{index}]"
-        if not isinstance(label, dict):
-            raise RecordError(f"expected a label object, got {type(label).__name__}", where)
-        if not isinstance(label.get("by"), str) or not label["by"]:
-            raise RecordError("must be a non-empty string (human:..., llm:<model>, rm:<name>)", f"{where}.by")
-        if not label["by"].startswith(prefixes):
-            continue
-        if label.get("prefers") not in PREFERS:
-            raise RecordError(f"must be one of {', '.join(PREFERS)}, got {label.get('prefers')!r}", f"{where}.prefers")
-        confidence = label.get("confidence")
-        if confidence is not None and not (_number(confidence) and 0 <= confidence <= 1):
-            raise RecordError(f"must be a number between 0 and 1, got {confidence!r}", f"{where}.confidence")
-    return labels
+def check_labels(record: Record) -> list[dict[str, Any]]:
+    """The record's labels, checked by the record validator (a bad one raises RecordError naming the field)."""
+    return records_check_labels(record["labels"]) if "labels" in record else []
 
 
 # -- the stage -------------------------------------------------------------------------------------
@@ -301,7 +260,7 @@ class Consistency:
         scores = record.get("scores")
         if scores is not None and not isinstance(scores, dict):
             raise RecordError(f"expected an object of score entries, got {type(scores).__name__}", "scores")
-        check_labels(record, config.judges)
+        check_labels(record)
         if config.gold not in self.computed:
             if check_score(record, config.gold) is None and config.missing_gold == "error":
                 raise RecordError("missing: every pair needs the gold RM's score (`synpref score --name "
@@ -319,7 +278,7 @@ class Consistency:
         config = self.config
         return Signals(check_score(record, config.gold),
                        None if self.rm_name is None else check_score(record, self.rm_name),
-                       judge_votes(check_labels(record, config.judges), config.judges),
+                       judge_votes(check_labels(record), config.judges),
                        config.threshold, self.rm_name, config.gold)
 
     def decide(self, record: Record) -> tuple[Record, Verdict]:

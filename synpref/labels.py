@@ -22,9 +22,8 @@ from typing import Any
 import orjson
 
 from synpref.io import AppendStream, StreamError, iter_raw
-from synpref.records import Record
+from synpref.records import PREFERS, Record
 
-PREFERS = ("chosen", "rejected", "tie", "unsure")
 DECIDED = ("chosen", "rejected", "tie")  # "unsure" (skipped, undeterminable) is no decision to agree on
 
 Label = dict[str, Any]
