@@ -22,7 +22,6 @@ run ends with the weights of an uninterrupted one.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -38,7 +37,7 @@ import orjson
 from synpref import __version__
 from synpref.engines.torch_train import RewardModelTrainer, StepResult, TrainPair
 from synpref.eval.pairs import field_value, pair_results
-from synpref.io import AppendStream, AtomicFile, StreamError, expand_paths, write_atomic
+from synpref.io import AppendStream, AtomicFile, expand_paths, files_sha256, write_atomic
 from synpref.models.formatting import PairFormatter, context_length
 from synpref.records import Record, is_pair
 from synpref.stage import Stage, StageOptions
@@ -84,17 +83,9 @@ class TrainConfig:
 def _input_hash(path: str) -> str:
     """SHA-256 of an input: a file's bytes, or of a folder every file the stream layer reads from it
     (relative names and bytes, in reading order)."""
-    digest = hashlib.sha256()
-    for name in expand_paths([path]):
-        if name != path:
-            digest.update(os.path.relpath(name, path).encode() + b"\0")
-        try:
-            with open(name, "rb") as handle:
-                while chunk := handle.read(1 << 20):
-                    digest.update(chunk)
-        except OSError as error:
-            raise StreamError(name, None, f"cannot read: {error.strerror or error}") from None
-    return f"sha256:{digest.hexdigest()}"
+    files = expand_paths([path])
+    names = [None if name == path else os.path.relpath(name, path) for name in files]
+    return f"sha256:{files_sha256(files, names)}"
 
 
 def load_pairs(paths: list[str], formatter: PairFormatter, counts: Counter[str], margin_field: str | None,

@@ -15,12 +15,21 @@ from pathlib import Path
 
 import orjson
 import pytest
-from badinput import KINDS, SPECS, Kind, real_pairs, write_corpus  # tests/ is on sys.path
-from click.testing import CliRunner
+from badinput import (  # tests/ is on sys.path
+    KINDS,
+    SPECS,
+    Kind,
+    Writer,
+    deep_json_array,
+    real_pairs,
+    write_corpus,
+)
+from click.testing import CliRunner, Result
 
 from synpref.cli import cli
 from synpref.io import StreamError, read_json_records, write_records
 from synpref.review import ReviewSession
+from synpref.score import resume_path
 from synpref.stage import Stage, StageOptions
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,8 +45,9 @@ def _ids(*paths: Path) -> list[str]:
 
 
 # Each command: (arguments for INPUTS writing into folder OUT, the ids of the records it wrote there).
+Arguments = Callable[[list[str], Path], list[str]]
 Outputs = Callable[[Path], list[str]]
-COMMANDS: dict[str, tuple[Callable[[list[str], Path], list[str]], Outputs | None]] = {
+COMMANDS: dict[str, tuple[Arguments, Outputs | None]] = {
     "cat": (lambda inputs, out: ["cat", *inputs, "-o", str(out / "kept.jsonl")], lambda out: _ids(out / "kept.jsonl")),
     "stats": (lambda inputs, out: ["stats", *inputs, "--json"], None),
     "dedupe": (lambda inputs, out: ["dedupe", *inputs, "-o", str(out / "kept.jsonl"), "--removed",
@@ -106,6 +116,18 @@ def _valid_ids(corpus: list[Kind]) -> Counter[str]:
     return Counter(record_id for kind in corpus for record_id in kind.valid)
 
 
+def _skip_every_kind(corpus: list[Kind], tmp_path: Path, args: Arguments) -> Result:
+    """One run over every kind under --on-error skip: exit 0, no traceback, each kind's error at its
+    place in --errors, and their count on stderr."""
+    errors = tmp_path / "errors.jsonl"
+    result = CliRunner().invoke(cli, [*args([kind.input for kind in corpus], tmp_path), "--on-error", "skip",
+                                      "--errors", str(errors)])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output[-2000:]
+    _check_errors(corpus, errors)
+    assert f"errors {len(corpus)}" in result.stderr
+    return result
+
+
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_every_kind_fails_with_file_line_and_field(corpus, tmp_path, command):
     args, _ = COMMANDS[command]
@@ -115,16 +137,28 @@ def test_every_kind_fails_with_file_line_and_field(corpus, tmp_path, command):
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_skip_keeps_every_valid_record_and_reports_every_kind(corpus, tmp_path, command):
     args, outputs = COMMANDS[command]
-    errors = tmp_path / "errors.jsonl"
-    result = CliRunner().invoke(cli, [*args([kind.input for kind in corpus], tmp_path), "--on-error", "skip",
-                                      "--errors", str(errors)])
-    assert result.exit_code == 0 and "Traceback" not in result.output, result.output[-2000:]
-    _check_errors(corpus, errors)
+    result = _skip_every_kind(corpus, tmp_path, args)
     if outputs is not None:
         assert Counter(outputs(tmp_path)) == _valid_ids(corpus)
     else:  # stats: the records it counted
         assert orjson.loads(result.stdout)["records"] == sum(_valid_ids(corpus).values())
-    assert f"errors {len(corpus)}" in result.stderr
+
+
+@pytest.mark.parametrize("levels", [255, 256, 257, 258, 259, 260, 300, 1100])
+@pytest.mark.parametrize("raw", [True, False], ids=["raw", "records"])
+def test_cat_locates_a_json_array_element_nested_too_deep(tmp_path, levels, raw):
+    """`cat --raw` writes a .json array's rows back with orjson, which writes at most 254 levels: a
+    deeper row is a bad line naming its field, as a record is, and the rows beside it come out."""
+    kind = deep_json_array(Writer(tmp_path, f"deep-{levels}", real_pairs(), ""), levels)
+    flags = ["--raw"] if raw else []
+    failed = CliRunner().invoke(cli, ["cat", *flags, kind.input, "-o", str(tmp_path / "failed.jsonl")])
+    assert not _problems_with_failure(kind, failed.output, failed.exit_code, failed.exception), failed.output
+    errors = tmp_path / "errors.jsonl"
+    skipped = CliRunner().invoke(cli, ["cat", *flags, kind.input, "-o", str(tmp_path / "kept.jsonl"),
+                                       "--on-error", "skip", "--errors", str(errors)])
+    assert skipped.exit_code == 0 and "Traceback" not in skipped.output, skipped.output[-2000:]
+    _check_errors([kind], errors)
+    assert _ids(tmp_path / "kept.jsonl") == kind.valid and len(kind.valid) == 2
 
 
 def test_review_loader(corpus, tmp_path):
@@ -170,14 +204,94 @@ def test_score(corpus, tmp_path, smollm2_rm, scorer, monkeypatch):
         return ["score", "-m", str(smollm2_rm), "--max-length", "64", *inputs, "-o", str(out / "scored.jsonl")]
 
     _fail_on_every_kind(corpus, tmp_path, lambda kind, out: args([kind.input], out))
-    errors = tmp_path / "errors.jsonl"
-    result = CliRunner().invoke(cli, [*args([kind.input for kind in corpus], tmp_path), "--on-error", "skip",
-                                      "--errors", str(errors)])
-    assert result.exit_code == 0 and "Traceback" not in result.output, result.output[-2000:]
-    _check_errors(corpus, errors)
+    _skip_every_kind(corpus, tmp_path, args)
     scored = list(read_json_records(str(tmp_path / "scored.jsonl")))
     assert Counter(record["id"] for record in scored) == _valid_ids(corpus)
     assert all(0 < record["scores"][smollm2_rm.name]["p"] < 1 for record in scored)
+
+
+@pytest.fixture(scope="module")
+def judge_engine(smollm2_lm):
+    from synpref.engines.torch_generate import TorchGenerationEngine
+
+    return TorchGenerationEngine(str(smollm2_lm), device="cpu")
+
+
+@pytest.mark.slow
+def test_annotate(corpus, tmp_path, smollm2_lm, judge_engine, monkeypatch):
+    """`annotate verify` on the real SmolLM2, loaded once. The three tasks read records through one
+    stage (annotate_stage, with its resume file under -o); verify is the one that costs nothing on
+    the valid records, which have no attributes.objectivity and pass through unchanged."""
+    import synpref.annotate
+    from synpref.annotate import Caller
+
+    monkeypatch.setattr(synpref.annotate, "open_models",
+                        lambda specs, engine, meter, **options: [Caller("smollm2", judge_engine, meter)])
+
+    def args(inputs: list[str], out: Path) -> list[str]:
+        return ["annotate", "verify", "-m", f"smollm2={smollm2_lm}", "--device", "cpu", *inputs,
+                "-o", str(out / "verified.jsonl")]
+
+    _fail_on_every_kind(corpus, tmp_path, lambda kind, out: args([kind.input], out))
+    result = _skip_every_kind(corpus, tmp_path, args)
+    assert Counter(_ids(tmp_path / "verified.jsonl")) == _valid_ids(corpus)
+    assert f"skipped_no_objectivity {sum(_valid_ids(corpus).values())}" in result.stderr
+    assert not os.path.exists(resume_path(str(tmp_path / "verified.jsonl")))  # removed after a clean run
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    from synpref.retrieve import load_embedder
+
+    return load_embedder(max_tokens=32)
+
+
+@pytest.fixture
+def one_embedder(embedder, monkeypatch):
+    """Every `synpref retrieve` of the test embeds with the real all-MiniLM-L6-v2 loaded once."""
+    import synpref.retrieve
+
+    monkeypatch.setattr(synpref.retrieve, "load_embedder", lambda *args, **options: embedder)
+    return embedder
+
+
+def _index_ids(directory: Path) -> list[str]:
+    from synpref.retrieve import RetrievalIndex
+
+    index = RetrievalIndex(str(directory))
+    return [index.record_id(row) for row in range(len(index))]
+
+
+@pytest.mark.slow
+def test_retrieve_build(corpus, tmp_path, one_embedder):
+    """`retrieve --pool`: the pool it indexes is every valid record of every kind."""
+    def args(inputs: list[str], out: Path) -> list[str]:
+        return ["retrieve", *(part for path in inputs for part in ("--pool", path)), "--index", str(out / "idx")]
+
+    _fail_on_every_kind(corpus, tmp_path, lambda kind, out: args([kind.input], out))
+    _skip_every_kind(corpus, tmp_path, args)
+    assert Counter(_index_ids(tmp_path / "idx")) == _valid_ids(corpus)
+
+
+@pytest.mark.slow
+def test_retrieve_queries(corpus, tmp_path, one_embedder):
+    """`retrieve --index DIR QUERIES` over an index of real pairs: every valid query gets examples."""
+    from synpref.retrieve import build_index
+
+    pool = real_pairs()
+    write_records([{**next(pool), "id": f"pool-{i}"} for i in range(8)], str(tmp_path / "pool.jsonl"))
+    with Stage("retrieve", StageOptions(inputs=[str(tmp_path / "pool.jsonl")]), emits=False) as stage:
+        build_index(stage, str(tmp_path / "idx"), one_embedder)
+
+    def args(inputs: list[str], out: Path) -> list[str]:
+        return ["retrieve", "--index", str(tmp_path / "idx"), "--k-max", "2", *inputs,
+                "-o", str(out / "with-examples.jsonl")]
+
+    _fail_on_every_kind(corpus, tmp_path, lambda kind, out: args([kind.input], out))
+    _skip_every_kind(corpus, tmp_path, args)
+    queries = list(read_json_records(str(tmp_path / "with-examples.jsonl")))
+    assert Counter(query["id"] for query in queries) == _valid_ids(corpus)
+    assert all(len(query["extra"]["examples"]) == 2 for query in queries)
 
 
 @pytest.fixture
@@ -240,4 +354,6 @@ def test_the_corpus_has_every_kind_and_the_docs_list_them(corpus):
     docs = (REPO / "docs" / "bad-input.md").read_text()
     missing = [name for name in KINDS if f"`{name}`" not in docs]
     assert not missing, f"docs/bad-input.md does not list {missing}"
+    commands = [*COMMANDS, "score", "review", "train-rm", "annotate", "retrieve"]  # the tests below COMMANDS
+    assert not [name for name in commands if f"`{name}`" not in docs], "docs/bad-input.md lists the commands"
     assert sum(len(kind.valid) for kind in corpus) >= len(corpus) - 2  # valid records beside almost every kind

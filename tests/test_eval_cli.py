@@ -98,6 +98,66 @@ def test_merge_joins_models_and_rejects_duplicates(examples, tmp_path, runner):
     assert again.exit_code != 0 and "appears in two reports" in again.output
 
 
+def rm_bench_rows() -> list[dict]:
+    """RM-Bench rows as total_dataset.json has them (id, prompt, chosen[3], rejected[3], domain)."""
+    return [json.loads(line) for line in (REPO / "tests/fixtures/layouts/rm-bench.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("layout", [[], ["--layout", "rm-bench"]])
+def test_pairs_reads_rm_bench_own_layout(tmp_path, runner, layout):
+    """RM-Bench's 3x3 rows (chosen and rejected lists of reply strings) are the `rm-bench` layout: one row
+    is 9 pairs, chosen style i against rejected style j, grouped by domain."""
+    rows = rm_bench_rows()
+    (tmp_path / "total_dataset.json").write_text(json.dumps(rows))
+    result = runner.invoke(cli, ["eval", "pairs", str(tmp_path / "total_dataset.json"), *layout, "--length-baseline",
+                                 "--json", "--resamples", "50"])
+    assert result.exit_code == 0, result.output
+    report = {r["name"]: r for r in json.loads(result.stdout)["models"]["length-baseline"]["rows"]}
+    for row in rows:
+        wins = [1.0 if len(c) > len(r) else 0.5 if len(c) == len(r) else 0.0
+                for c in row["chosen"] for r in row["rejected"]]
+        assert report[f"rm-bench/{row['domain']}"]["n"] == 9
+        assert report[f"rm-bench/{row['domain']}"]["score"] == pytest.approx(sum(wins) / 9)
+
+
+def test_rmbench_without_some_domains_says_which(runner):
+    result = runner.invoke(cli, ["eval", "rmbench", "--data", str(REPO / "tests/fixtures/layouts/rm-bench.jsonl"),
+                                 "--length-baseline", "--resamples", "20"])
+    assert result.exit_code == 0, result.output
+    assert "note: --data has no examples of chat, safety: Overall, Hard, Normal and Easy are means over math, " \
+           "code only" in result.output
+
+
+def judgebench_files(directory: Path) -> list[str]:
+    """Two response-model files as published (data/dataset=judgebench,response_model=NAME.jsonl); the
+    rows carry no response_model field, so the file names tell the sets apart."""
+    files = []
+    for model, pairs in (("gpt-4o-2024-05-13", [("long answer", "short", "A>B"), ("same", "same", "B>A")]),
+                         ("claude-3-5-sonnet-20240620", [("a", "bbb", "B>A"), ("tie", "tie", "A>B"),
+                                                         ("abc", "d", "A>B")])):
+        path = directory / f"dataset=judgebench,response_model={model}.jsonl"
+        path.write_text("".join(json.dumps({"pair_id": f"{model}-{i}", "source": "livebench-math", "question": "q",
+                                            "response_A": a, "response_B": b, "label": label}) + "\n"
+                                for i, (a, b, label) in enumerate(pairs)))
+        files += ["--data", str(path)]
+    return files
+
+
+def test_judgebench_rows_per_response_model_and_tie_rule(tmp_path, runner):
+    args = ["eval", "judgebench", *judgebench_files(tmp_path), "--length-baseline", "--json", "--resamples", "50"]
+    both, single = (json.loads(runner.invoke(cli, args + extra).stdout) for extra in ([], ["--single-game"]))
+    rows = {r["name"]: r for r in both["models"]["length-baseline"]["rows"]}
+    assert "Overall" not in rows and rows["claude-3-5-sonnet-20240620: Overall"]["n"] == 3
+    # default, both orders: every tie is wrong
+    assert rows["gpt-4o-2024-05-13: Overall"]["score"] == 0.5
+    assert rows["claude-3-5-sonnet-20240620: Math"]["score"] == pytest.approx(2 / 3)
+    # --single-game: the tie decides B>A, right on gpt-4o's B>A pair, still wrong on claude's A>B pair
+    rows = {r["name"]: r["score"] for r in single["models"]["length-baseline"]["rows"]}
+    assert rows["gpt-4o-2024-05-13: Overall"] == 1.0 and rows["claude-3-5-sonnet-20240620: Overall"] == \
+        pytest.approx(2 / 3)
+    assert "both orders" in both["rule"] and "--single_game" in single["rule"]
+
+
 def test_help_explains_order_free_and_rules(runner):
     assert "order-free" in runner.invoke(cli, ["eval", "pairs", "--help"]).output
     assert "EXAMPLE_COUNTS" in runner.invoke(cli, ["eval", "rewardbench", "--help"]).output

@@ -1,9 +1,11 @@
-"""Loaders read small files written in each benchmark's published layout; the CLI scores them end to end
-with cached rewards (--scores) and the length baseline, whose results are known by construction."""
+"""Loaders read small files written in each benchmark's published layout, in every format the stream layer
+reads; the CLI scores them end to end with cached rewards (--scores) and the length baseline, whose results
+are known by construction."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import orjson
 import pyarrow as pa
@@ -13,6 +15,9 @@ import pytest
 from synpref.cli import cli
 from synpref.eval import judgebench, ppe, rewardbench, rewardbench2, rmb, rmbench
 from synpref.eval.common import BenchmarkError
+from synpref.io import write_records
+
+LAYOUTS = Path(__file__).resolve().parent / "fixtures" / "layouts"
 
 
 def jsonl(path, rows):
@@ -149,3 +154,102 @@ def test_loader_errors_name_file_line_and_field(tmp_path, runner):
                                  "domain": "chat"}]).decode())
     with pytest.raises(BenchmarkError, match="must hold 3 responses"):
         rmbench.load([str(rm)])
+
+
+# -- every loader reads everything the stream layer reads --------------------------------------------------
+def fixture_rows(name: str) -> list[dict]:
+    """The published-layout rows of tests/fixtures/layouts (RM-Bench, RewardBench 2)."""
+    return [json.loads(line) for line in (LAYOUTS / name).read_text().splitlines()]
+
+
+CONVERSATION = [{"content": "hi", "language": "English", "role": "user"}]
+BENCHMARK_FILES = {  # benchmark -> (file stem, rows in the published layout) per data file
+    "rewardbench": [("filtered", [{"prompt": "q1", "chosen": "long answer", "rejected": "short", "subset": "hep-go",
+                                   "id": 1}, {"prompt": "q2", "chosen": "x", "rejected": "yy",
+                                              "subset": "alpacaeval-easy", "id": 2}])],
+    "rewardbench2": [("test", fixture_rows("rewardbench-2.jsonl"))],
+    "rmbench": [("total_dataset", fixture_rows("rm-bench.jsonl"))],
+    "judgebench": [("dataset=judgebench,response_model=gpt-4o-2024-05-13", [
+        {"pair_id": "p1", "original_id": "1", "source": "mmlu-pro-law", "question": "q",
+         "response_model": "gpt-4o-2024-05-13", "response_A": "long answer", "response_B": "short", "label": "A>B"},
+        {"pair_id": "p2", "original_id": "2", "source": "livecodebench", "question": "q",
+         "response_model": "gpt-4o-2024-05-13", "response_A": "a", "response_B": "bb", "label": "B>A"}])],
+    "rmb": [("Casual Conversation", [{
+        "pair_uid": "1", "conversation_input": CONVERSATION, "chosen": {"llm_name": "a", "answer": "longer"},
+        "reject": {"llm_name": "b", "answer": "no"}, "category_path": "Pairwise_set/Helpfulness/Chat"}]),
+        ("S1", [{"bon_uid": "9", "conversation_input": CONVERSATION, "bon_best": {"llm_name": "a", "answer": "abc"},
+                 "loser_list": [{"llm_name": "b", "answer": "xyz"}, {"llm_name": "c", "answer": "x"}],
+                 "category_path": "BoN_set/Harmlessness/S1"}])],
+    "ppe": [("human", [{"question_id": "a", "prompt": "q", "response_1": "long one", "response_2": "s",
+                        "winner": "model_b"}, {"prompt": "q", "response_1": "x", "response_2": "yy",
+                                               "winner": "model_a"}]),
+            ("mmlu_pro", [{"question_id": "c", "prompt": "q", "model_name": "m", "response_1": "a",
+                           "response_2": "bbb", "scores": [True, False]}])],
+}
+FORMATS = ("json", "jsonl", "jsonl.zst", "parquet", "directory")
+
+
+def write_as(directory: Path, fmt: str, stem: str, records: list[dict]) -> Path:
+    """RECORDS as the file STEM.FMT in DIRECTORY (or a folder holding STEM.jsonl.zst)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if fmt == "directory":
+        write_as(directory / stem, "jsonl.zst", stem, records)
+        return directory / stem
+    path = directory / f"{stem}.{fmt}"
+    if fmt == "json":
+        path.write_text(json.dumps(records))
+    elif fmt == "jsonl":
+        jsonl(path, records)
+    elif fmt == "parquet":
+        pq.write_table(pa.Table.from_pylist(records), path)
+    else:
+        write_records(records, str(path))
+    return path
+
+
+@pytest.mark.parametrize("benchmark", sorted(BENCHMARK_FILES))
+def test_every_loader_reads_every_stream_format(benchmark, tmp_path):
+    loader = {"rewardbench": rewardbench, "rewardbench2": rewardbench2, "rmbench": rmbench, "judgebench": judgebench,
+              "rmb": rmb, "ppe": ppe}[benchmark].load
+    loaded = {}
+    for fmt in FORMATS:
+        paths = [str(write_as(tmp_path / fmt, fmt, stem, records)) for stem, records in BENCHMARK_FILES[benchmark]]
+        loaded[fmt] = loader(paths)
+    expected = sum(len(records) for _, records in BENCHMARK_FILES[benchmark])
+    assert len(loaded["jsonl"]) == expected
+    for fmt in FORMATS:  # the same examples, ids included, whatever the file format
+        assert loaded[fmt] == loaded["jsonl"], fmt
+
+
+def test_rmb_reads_jsonl_zst(tmp_path, runner):
+    """The reported symptom: `eval rmb` on .jsonl.zst said "no rmb examples in the given --data"."""
+    reports = []
+    for fmt in ("json", "jsonl.zst"):
+        paths = [write_as(tmp_path / fmt, fmt, stem, records) for stem, records in BENCHMARK_FILES["rmb"]]
+        reports.append(run_json(runner, "rmb", *[a for p in paths for a in ("--data", str(p))], "--length-baseline"))
+    assert reports[0] == reports[1]
+    assert scores_of(reports[1], "length-baseline")["Helpfulness Pairwise"] == 1.0
+
+
+def test_folder_without_benchmark_files_is_a_located_error(tmp_path, runner):
+    (tmp_path / "README.md").write_text("not data")
+    with pytest.raises(BenchmarkError, match="holds no"):
+        rmb.load([str(tmp_path)])
+    result = runner.invoke(cli, ["eval", "rmb", "--data", str(tmp_path), "--length-baseline"])
+    assert result.exit_code == 1 and "holds no" in result.output and "Traceback" not in result.output
+
+
+def test_rewardbench2_ties_id_must_hold_an_integer(tmp_path):
+    row = {"id": "tied:x", "prompt": "q", "chosen": ["a", "b"], "rejected": ["c"], "num_correct": 2, "subset": "Ties"}
+    with pytest.raises(BenchmarkError, match=r"bad.jsonl:1: field 'id': .*'tied:x'"):
+        rewardbench2.load([jsonl(tmp_path / "bad.jsonl", [row])])
+
+
+def test_rewardbench_without_prior_does_not_read_stdin(tmp_path, runner):
+    data = jsonl(tmp_path / "filtered.jsonl", BENCHMARK_FILES["rewardbench"][0][1])
+    prior_row = json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"})
+    result = runner.invoke(cli, ["eval", "rewardbench", "--data", data, "--length-baseline", "--json",
+                                 "--resamples", "20"], input=prior_row)
+    assert result.exit_code == 0, result.output
+    assert {r["name"] for r in json.loads(result.stdout)["models"]["length-baseline"]["rows"]} == {
+        "Score", "Chat", "alpacaeval-easy", "Reasoning", "hep-go"}

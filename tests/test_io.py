@@ -16,6 +16,7 @@ import pytest
 import zstandard
 
 from synpref.io import (
+    AppendStream,
     RecordWriter,
     Shard,
     StreamError,
@@ -230,3 +231,64 @@ def test_a_byte_order_mark_is_skipped(tmp_path, pairs):
                        ("bom.json", b"\xef\xbb\xbf" + orjson.dumps(pairs[:2]))):
         (tmp_path / name).write_bytes(data)
         assert _read_all(tmp_path / name) == pairs[:2], name
+
+
+def test_a_json_array_too_deep_for_orjson_is_read_element_by_element(tmp_path, pairs):
+    """orjson reads at most 1024 levels: the deep element alone is bad, the others are read."""
+    deep = "[" * 1100 + "1" + "]" * 1100
+    tricky = {**pairs[0], "chosen": 'a "quoted" [reply], {with} \\ brackets,'}  # no bracket in a string counts
+    text = f"[\n {json.dumps(tricky)},\n {deep},\n {json.dumps(pairs[1], indent=2)}\n]\n"
+    path = tmp_path / "deep.json"
+    path.write_text(text)
+    raws = list(iter_raw(str(path)))
+    assert [raw.line for raw in raws] == [1, 2, 3] and [raws[0].data, raws[2].data] == [tricky, pairs[1]]
+    with pytest.raises(StreamError, match="depth limit exceeded") as caught:
+        raws[1].parse()
+    assert (caught.value.path, caught.value.line) == (str(path), 2)
+    path.write_text(text[: text.rindex("}") - 5])  # cut inside the last element
+    raws = list(iter_raw(str(path)))
+    assert raws[0].data == tricky and [raw.line for raw in raws] == [1, 2, 3] and type(raws[2].data) is bytes
+    path.write_text(text + '{"id": "after the array"}\n')
+    assert [raw.line for raw in iter_raw(str(path))] == [1, 2, 3, 4]
+    jsonl = tmp_path / "deep-first-line.jsonl"  # JSON Lines whose first line is that deep: still lines
+    jsonl.write_bytes(deep.encode() + b"\n" + b"".join(orjson.dumps(record) + b"\n" for record in pairs[:2]))
+    raws = list(iter_raw(str(jsonl)))
+    assert [raw.line for raw in raws] == [1, 2, 3] and [raw.parse() for raw in raws[1:]] == pairs[:2]
+
+
+def test_linked_folders_are_read_and_a_link_back_is_an_error(tmp_path, pairs):
+    shards, elsewhere = tmp_path / "shards", tmp_path / "elsewhere"
+    write_records(pairs[:40], str(shards / "part-000.jsonl.zst"))
+    write_records(pairs[40:], str(elsewhere / "data.jsonl.zst"))
+    (shards / "part-001").symlink_to(elsewhere, target_is_directory=True)  # a folder of data linked in
+    assert expand_paths([str(shards)]) == [str(shards / "part-000.jsonl.zst"), str(shards / "part-001" / "data.jsonl.zst")]
+    assert [r for path in expand_paths([str(shards)]) for r in _read_all(path)] == pairs
+    (elsewhere / "up").symlink_to(shards, target_is_directory=True)  # a cycle: its files, forever
+    with pytest.raises(StreamError, match=f"a link to {shards}, which is already read") as caught:
+        expand_paths([str(shards)])
+    assert caught.value.path == str(shards / "part-001" / "up")
+    (elsewhere / "up").unlink()
+    (shards / "again").symlink_to(elsewhere, target_is_directory=True)  # one folder twice: its pairs twice
+    with pytest.raises(StreamError, match=f"a link to {shards / 'again'}, which is already read"):
+        expand_paths([str(shards)])
+
+
+def _open_descriptors() -> list[str]:
+    return sorted(os.listdir("/proc/self/fd"))
+
+
+def test_an_append_stream_that_cannot_open_closes_its_file(tmp_path):
+    frame = zstandard.ZstdCompressor().compress(b'{"id": "a"}\n')
+    corrupt = tmp_path / "labels.jsonl.zst"
+    corrupt.write_bytes(frame + b"no zstd frame" + frame)
+    before = _open_descriptors()
+    for _ in range(3):
+        with pytest.raises(StreamError, match=f"corrupt zstd frame at byte {len(frame)}"):
+            AppendStream(str(corrupt))
+    assert _open_descriptors() == before
+    assert corrupt.read_bytes() == frame + b"no zstd frame" + frame  # nothing cut from a file it could not read
+    with AppendStream(str(tmp_path / "held.jsonl")):
+        before = _open_descriptors()
+        with pytest.raises(ValueError, match="being written by another process"):
+            AppendStream(str(tmp_path / "held.jsonl"))
+        assert _open_descriptors() == before

@@ -1,12 +1,28 @@
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from synpref.cat import cat_stream
 from synpref.cli.options import open_stage, run_stage, stage_options
 from synpref.io import StreamError
 from synpref.labels import load_labels
-from synpref.records import layouts_table
+from synpref.records import RecordError, layouts_table
+from synpref.records.core import check_nesting
+
+
+def check_raw_row(row: Any) -> None:
+    """--raw writes a row parsed from a .json array or parquet (or merged with labels) back with
+    orjson, which cannot write one nested past 254 levels or an integer beyond 64 bits as it was
+    read: such a row is a bad line like a record's, naming its field (MAX_DEPTH, 200 levels)."""
+    if type(row) is dict:
+        check_nesting(row)
+        return
+    try:
+        check_nesting({"": row})
+    except RecordError as error:  # not an object: there is no field to name
+        raise RecordError(str(error)) from None
 
 
 def _list_layouts(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -59,7 +75,7 @@ def cat(stage_options, head_count, sample_count, seed, raw, label_files) -> None
         raise click.ClickException(str(error)) from None
 
     def work() -> None:
-        items = stage.records_with_bytes(normalized=not raw)
+        items = stage.records_with_bytes(normalized=not raw, check=check_raw_row if raw else None)
         for record, original in cat_stream(items, head_count, sample_count, seed,
                                            labels if label_files else None, stage.counts):
             stage.emit(record, original)

@@ -91,6 +91,10 @@ def eval_group() -> None:
     Several -m models appear side by side. The benchmark files are not downloaded: fetch them
     yourself and pass --data PATH (a file or a directory).
 
+    --save-scores writes every response's reward as JSON lines {"benchmark": SUBCOMMAND, "model":
+    NAME, "id": EXAMPLE_ID, "rewards": [...]}, and --scores reads them back, so a report needs no
+    model run; each benchmark's --help gives its example ids and the order of the rewards.
+
     \b
     Examples:
         synpref eval pairs -m rm/ --length-baseline held-out.jsonl.zst --save report/
@@ -145,40 +149,49 @@ def pairs(stage_options, models, engine, batch_tokens, state_cache, max_length, 
     _render(report, as_json, save)
 
 
-# Options only the CLI adds to a benchmark's subcommand, passed to its loader by name.
-LOADER_OPTIONS: dict[str, list[Callable]] = {
+# A benchmark's own options, passed by name to its loader or its scorer.
+BENCHMARK_OPTIONS: dict[str, list[Callable]] = {
     "rewardbench": [click.option("--prior", multiple=True, type=click.Path(exists=True),
                                  help="pref-test-sets split files (anthropic_helpful*, anthropic_hhh*, shp*, "
                                       "summarize*).")],
+    "judgebench": [click.option("--single-game", is_flag=True,
+                                help="Score the (A, B) game alone, as run_judge.py --single_game: a reward tie "
+                                     "decides B>A (right when the label is B>A). Default: both orders, as "
+                                     "run_judge.py by default and the published reward-model outputs, where a "
+                                     "tie counts wrong.")],
 }
 
 
 def benchmark_command(benchmark: Benchmark) -> click.Command:
     """One subcommand per benchmark, all with the same model, cache and report options."""
+    from synpref.eval.run import SCORES_FILE
 
     def command(data, models, engine, batch_tokens, state_cache, max_length, length_baseline, scores, save_scores,
-                as_json, save, resamples, seed, **load_options: Any) -> None:
+                as_json, save, resamples, seed, **benchmark_options: Any) -> None:
         from synpref.eval.common import BenchmarkError
         from synpref.eval.run import ScoringOptions, run_benchmark
 
         options = ScoringOptions(engine, batch_tokens, max_length, scores, save_scores, length_baseline,
                                  state_cache=torch_state_cache(state_cache, engine))
         try:
-            report = run_benchmark(benchmark.name, data, list(models), options, resamples, seed, **load_options)
+            report = run_benchmark(benchmark.name, data, list(models), options, resamples, seed, **benchmark_options)
         except BenchmarkError as error:
             raise click.ClickException(str(error)) from None
         _render(report, as_json, save)
 
-    command.__doc__ = f"{benchmark.title}\n\n{benchmark.layout}\n\n{ORDER_FREE}\n\n" + EXAMPLES.format(
-        name=benchmark.name, data=EXAMPLE_DATA[benchmark.name])
+    command.__doc__ = (f"{benchmark.title}\n\n{benchmark.layout}\n\n{SCORES_FILE} {benchmark.scores}\n\n"
+                       f"{ORDER_FREE}\n\n" + EXAMPLES.format(name=benchmark.name, data=EXAMPLE_DATA[benchmark.name]))
     command = add_options(command, [
         click.option("--data", multiple=True, required=True, type=click.Path(exists=True),
-                     help="Benchmark file or directory in the published layout (repeatable)."),
-        *LOADER_OPTIONS.get(benchmark.name, []),
+                     help="Benchmark file or directory in the published layout (repeatable): .json, .jsonl, "
+                          ".jsonl.zst, .gz, parquet, as every synpref command reads them."),
+        *BENCHMARK_OPTIONS.get(benchmark.name, []),
         click.option("--scores", type=click.Path(exists=True, dir_okay=False),
-                     help="Reuse rewards written by --save-scores (a -m NAME found there needs no model)."),
+                     help="Reuse rewards written by --save-scores: without -m every model in the file is reported; "
+                          "a -m NAME found there needs no model."),
         click.option("--save-scores", type=click.Path(dir_okay=False),
-                     help="Write every response's reward (zstd JSONL: benchmark, model, id, rewards)."),
+                     help="Write every response's reward of every model (zstd JSONL: benchmark, model, id, "
+                          "rewards; the length baseline is not saved)."),
     ])
     return eval_group.command(benchmark.name)(report_options(model_options(command)))
 

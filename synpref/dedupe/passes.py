@@ -24,6 +24,7 @@ from synpref.dedupe.decontaminate import BenchmarkIndex, user_turns_text
 from synpref.dedupe.exact import KEYS, key_hashes, normalized_key
 from synpref.dedupe.minhash import MinHashParams, components, shingle_text, signatures
 from synpref.io import StreamError
+from synpref.io.ids import pack_ids, unpack_id
 from synpref.records import Record, pair_problems
 from synpref.stage import Stage, Verdict
 
@@ -77,7 +78,7 @@ class Facts:
     id_offsets: np.ndarray
 
     def record_id(self, row: int) -> str:
-        return self.id_blob[self.id_offsets[row] : self.id_offsets[row + 1]].decode("utf-8", "surrogatepass")
+        return unpack_id(self.id_blob, self.id_offsets, row)
 
     @classmethod
     def concat(cls, parts: list[Facts]) -> Facts:
@@ -98,13 +99,6 @@ class Facts:
             blob,
             offsets,
         )
-
-
-def pack_ids(ids: list[str]) -> tuple[bytes, np.ndarray]:
-    encoded = [text.encode("utf-8", "surrogatepass") for text in ids]
-    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-    np.cumsum([len(item) for item in encoded], out=offsets[1:])
-    return b"".join(encoded), offsets
 
 
 class _SignatureStore:

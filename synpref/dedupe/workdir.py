@@ -27,10 +27,10 @@ from synpref.dedupe.passes import (
     apply,
     decide,
     load_benchmarks,
-    pack_ids,
     scan,
 )
 from synpref.io import AtomicFile, Shard, StreamError
+from synpref.io.ids import pack_ids, unpack_id
 from synpref.stage import Stage
 
 FORMAT = "synpref-dedupe/1"
@@ -152,10 +152,7 @@ def read_decisions(work: str) -> tuple[Decisions, dict[str, Any]]:
         raise StreamError(path, None, "no decisions: run `synpref dedupe clusters` first")
     arrays, meta = _load(path)
     blob, offsets = arrays["ref_ids"].tobytes(), arrays["ref_offsets"]
-    ref_ids = {
-        int(p): blob[offsets[i] : offsets[i + 1]].decode("utf-8", "surrogatepass")
-        for i, p in enumerate(arrays["ref_positions"])
-    }
+    ref_ids = {int(p): unpack_id(blob, offsets, i) for i, p in enumerate(arrays["ref_positions"])}
     benchmarks = [tuple(name) for name in meta["benchmarks"]]
     return Decisions(arrays["positions"], arrays["reason"], arrays["ref"], ref_ids, benchmarks), meta
 

@@ -15,13 +15,12 @@ so these rules follow the PPE paper (arXiv 2410.14872) and are marked as such in
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 
 import numpy as np
 
 from synpref.eval.bootstrap import RESAMPLES, interval, stratified_means
-from synpref.eval.common import BenchmarkError, Example, messages, need, rows
+from synpref.eval.common import BenchmarkError, Example, file_stem, messages, need, rows
 from synpref.eval.pairs import pair_results
 from synpref.eval.report import ModelResult, Report, Row
 
@@ -85,7 +84,7 @@ def load(paths: Iterable[str], notes: list[str] | None = None) -> list[Example]:
         where = f"{path}:{line}"
         conversation = messages(need(row, "prompt", where), where, "prompt")
         responses = _responses(row)
-        ident = str(row.get("question_id", f"{os.path.basename(path)}-{line}"))
+        ident = str(row.get("question_id", f"{file_stem(path)}-{line}"))
         if "winner" in row:
             winner = row["winner"]
             if winner not in ("model_a", "model_b"):
@@ -99,7 +98,7 @@ def load(paths: Iterable[str], notes: list[str] | None = None) -> list[Example]:
             if not isinstance(correct, list) or len(correct) != len(responses) or not responses:
                 raise BenchmarkError(f"{where}: 'scores' must list one boolean per response_N "
                                      f"({len(responses)} responses)")
-            name = str(row.get("benchmark") or os.path.basename(path).split(".")[0].split("-0000")[0])
+            name = str(row.get("benchmark") or file_stem(path).split(".")[0].split("-0000")[0])
             examples.append(Example(f"{name}-{ident}-{row.get('model_name', '')}-{line}", name, conversation,
                                     responses, {"correct": [bool(c) for c in correct]}))
     if ties and notes is not None:

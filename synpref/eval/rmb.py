@@ -17,7 +17,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from synpref.eval.bootstrap import RESAMPLES, interval, stratified_means
-from synpref.eval.common import BenchmarkError, Example, messages, need, rows
+from synpref.eval.common import BenchmarkError, Example, file_stem, messages, need, rows
 from synpref.eval.report import ModelResult, Report, Row
 
 PARTS = ["Helpfulness", "Harmlessness"]
@@ -42,9 +42,10 @@ def _answer(value: object, where: str, field: str) -> str:
 
 
 def load(paths: Iterable[str]) -> list[Example]:
-    """RMB_dataset/{Pairwise_set,BoN_set}/... JSON arrays (a directory is walked)."""
+    """RMB_dataset/{Pairwise_set,BoN_set}/... JSON arrays, or the same rows in any file the stream layer reads
+    (a directory is walked); a row's part and scenario come from its category_path, else its file's path."""
     examples = []
-    for path, line, row in rows(paths, suffixes=(".json", ".jsonl")):
+    for path, line, row in rows(paths):
         where = f"{path}:{line}"
         category = str(row.get("category_path") or os.path.relpath(path)).replace("\\", "/")
         parts = category.split("/")
@@ -67,7 +68,7 @@ def load(paths: Iterable[str]) -> list[Example]:
         else:
             raise BenchmarkError(f"{where}: neither 'pair_uid' (Pairwise_set) nor 'bon_uid' (BoN_set)")
         examples.append(Example(f"{kind}-{uid}", f"{part} {kind}", conversation, responses,
-                                {"part": part, "kind": kind, "scenario": scenario.removesuffix(".json")}))
+                                {"part": part, "kind": kind, "scenario": file_stem(scenario)}))
     return examples
 
 

@@ -8,7 +8,8 @@ Rules, as in the official code (scripts/utils.py compute_accuracy, reproduced in
   diagonal, easy = sum of the lower triangle (i > j) / 3;
 - a domain's score is mean(hard, normal, easy) = the mean of the 9 cells; domains by the `domain`
   prefix (chat, code, math, safety; safety-refuse and safety-response are pooled per example);
-  overall = mean of the domains, and likewise easy / normal / hard.
+  overall = mean of the domains, and likewise easy / normal / hard. Without some domain in --data
+  (RM-Bench without its math file, say) the means run over the domains present, and a note says so.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from synpref.eval.bootstrap import RESAMPLES, interval, stratified_means
-from synpref.eval.common import Example, messages, need, rows, strings
+from synpref.eval.common import Example, messages, missing_note, need, rows, strings
 from synpref.eval.report import ModelResult, Report, Row
 
 STYLES = ["concise", "detailed", "markdown"]
@@ -69,9 +70,9 @@ def load(paths: Iterable[str]) -> list[Example]:
 
 def score(examples: list[Example], rewards: dict[str, list[list[float]]], resamples: int = RESAMPLES,
           seed: int = 0) -> Report:
-    report = Report("RM-Bench", RULE)
     groups = np.array([e.group for e in examples])
     present = [d for d in DOMAINS if d in set(groups.tolist())] + sorted(set(groups.tolist()) - set(DOMAINS))
+    report = Report("RM-Bench", RULE, notes=missing_note(DOMAINS, present, "Overall, Hard, Normal and Easy are means"))
     for name, values in rewards.items():
         table = np.asarray(values, dtype=np.float64)
         per_example = wins(table[:, :3], table[:, 3:])

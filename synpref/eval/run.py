@@ -16,7 +16,8 @@ from synpref.eval.common import (
     BenchmarkError,
     Example,
     Rewards,
-    align_rewards,
+    check_unique_ids,
+    coverage_gap,
     load_rewards,
     model_name,
     save_rewards,
@@ -28,19 +29,28 @@ from synpref.io import RecordWriter
 
 @dataclass(frozen=True)
 class Benchmark:
-    """One published benchmark: its subcommand name, the --help title and layout/rule text, the
-    loader of its files and its official scorer.
+    """One published benchmark: its subcommand name, the --help title and layout/rule text, how its
+    examples are named in a scores file, the loader of its files and its official scorer.
 
     `load(paths, **options)` returns the examples; a loader that also takes `notes` appends to that
-    list what it left out, and those notes end the report. `score(examples, rewards, resamples, seed)`
-    returns the report.
+    list what it left out, and those notes end the report. `score(examples, rewards, resamples, seed,
+    **options)` returns the report. A benchmark's own CLI options go to whichever of the two names them.
     """
 
     name: str
     title: str
     layout: str  # the --data layout and the official rule with its source, for --help
+    scores: str  # the example ids and the order of the rewards in a --scores file, for --help
     load: Callable[..., list[Example]]
     score: Callable[..., Report]
+
+    def split_options(self, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(loader options, scorer options): each option goes to the function with a parameter of its name."""
+        loads, scores = inspect.signature(self.load).parameters, inspect.signature(self.score).parameters
+        unknown = sorted(set(options) - set(loads) - set(scores))
+        if unknown:
+            raise TypeError(f"{self.name}: no loader or scorer option {', '.join(unknown)}")
+        return ({k: v for k, v in options.items() if k in loads}, {k: v for k, v in options.items() if k in scores})
 
     def examples(self, paths: Iterable[str], notes: list[str], **options: Any) -> list[Example]:
         if "notes" in inspect.signature(self.load).parameters:
@@ -48,16 +58,30 @@ class Benchmark:
         return self.load(list(paths), **options)
 
 
+SCORES_FILE = (
+    "Scores file (--save-scores writes it, --scores reads it): JSON Lines, zstd unless the name ends in .jsonl "
+    "(plain) or .gz (gzip), read back in any format synpref reads; one row per model and example: {\"benchmark\": SUBCOMMAND, \"model\": "
+    "NAME, \"id\": EXAMPLE_ID, \"rewards\": [one number per response]}. Rows of other benchmarks are skipped, "
+    "and a file with none for this one is an error. Without -m every model in the file is reported (and "
+    "--length-baseline adds its column); -m NAME reports NAME only; -m NAME=DIR scores with the model when the "
+    "file does not cover every example. The length baseline is never saved (it is recomputed from --data), so "
+    "--save-scores needs -m or --scores."
+)
+
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark(
         "rewardbench", "RewardBench v1: Chat, Chat Hard, Safety, Reasoning (and Prior Sets).",
         "--data: the `filtered` split (prompt, chosen, rejected, subset, id; parquet/JSON/JSONL). Rule "
-        "(allenai/reward-bench): a pair is right when r(chosen) > r(rejected), a tie is wrong (run_rm.py); a "
-        "section is the mean of its subsets weighted by EXAMPLE_COUNTS, in which math-prm counts 984 (447 pairs, "
-        "upweighted to equal the six code subsets) (utils.py calculate_scores_per_section); the score is the "
-        "weighted mean of the sections (weight 2 each) and Prior Sets (weight 1, the mean of anthropic_helpful, "
-        "anthropic_hhh, shp, summarize) when --prior is given, else the plain mean of the sections "
-        "(analysis/get_benchmark_results.py).",
+        "(allenai/reward-bench, as released in the rewardbench package 0.1.3 and later and on the leaderboard): "
+        "a pair is right when r(chosen) > r(rejected), a tie is wrong (scripts/run_rm.py); a section is the mean "
+        "of its subsets weighted by EXAMPLE_COUNTS (rewardbench/constants.py: math-prm counts 984, 447 pairs "
+        "upweighted to equal the six code subsets; xstest-should-refuse 154, xstest-should-respond 250, the data's "
+        "counts since the commit 'Mirror change from leaderboard') (utils.py calculate_scores_per_section); the "
+        "score is the weighted mean of the sections (weight 2 each) and Prior Sets (weight 1, the mean of "
+        "anthropic_helpful, anthropic_hhh, shp, summarize) when --prior is given, else the plain mean of the "
+        "sections (analysis/get_benchmark_results.py).",
+        "Example ids: the row's `id` (42 -> '42'), or its 0-based position among the --data rows when it has none; "
+        "--prior rows are SUBSET-LINE (shp-17: line 17 of the shp file). Rewards: [chosen, rejected].",
         rewardbench.load, rewardbench.score,
     ),
     Benchmark(
@@ -65,8 +89,13 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
         "--data: the test split (id, prompt, chosen list, rejected list, num_correct, subset). Rule "
         "(allenai/reward-bench scripts/run_v2.py): best-of-N, where a k-way tie at the top is worth 1/k "
         "(utils.py reroll_and_score_dataset); Ties = 0.3 tied accuracy + 0.3 reference accuracy + 0.2 "
-        "correctness-preferred + 0.2 correctness-preferred-hard + 0.01 margin (utils.py process_single_model); "
-        "the score is the unweighted mean of the domains (the leaderboard convention).",
+        "correctness-preferred + 0.2 correctness-preferred-hard + 0.01 margin (utils.py process_single_model "
+        f"as of upstream {rewardbench2.TIES_VERSION}, after the 0.1.4 release, which differs only in the margin "
+        "term when all correct answers of a prompt score the same); 'ref:N' and 'tied:N' rows pair up by the "
+        "integer N, as upstream parses them ('ref:1' and 'tied:01' are one prompt); the score is the unweighted "
+        "mean of the domains (the leaderboard convention).",
+        "Example ids: the row's `id` ('1045', 'ref:17', 'tied:17'). Rewards: [chosen..., rejected...], the "
+        "num_correct chosen responses first, each list in the row's order.",
         rewardbench2.load, rewardbench2.score,
     ),
     Benchmark(
@@ -75,14 +104,25 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
         "Rule (THU-KEG/RM-Bench scripts/utils.py compute_accuracy): M[i][j] = share of prompts with chosen "
         "style i scored above rejected style j (a tie is a miss; styles concise, detailed, markdown); hard = "
         "upper triangle, normal = diagonal, easy = lower triangle; a domain is the mean of its 9 cells "
-        "(safety-refuse and safety-response pooled); overall = mean of the domains.",
+        "(safety-refuse and safety-response pooled); overall = mean of the domains (a note names any of chat, "
+        "math, code, safety missing from --data).",
+        "Example ids: the row's `id`, or its 0-based position among the --data rows when it has none. Rewards: "
+        "[chosen concise, chosen detailed, chosen markdown, rejected concise, rejected detailed, rejected markdown].",
         rmbench.load, rmbench.score,
     ),
     Benchmark(
-        "judgebench", "JudgeBench: Knowledge, Reasoning, Math, Coding.",
-        "--data: data/dataset=judgebench,response_model=*.jsonl (pair_id, source, question, response_A, "
-        "response_B, label). Rule (ScalerLab/JudgeBench utils/judges.py, utils/metrics.py): decision A>B iff "
-        "r(A) > r(B), a tie decides B>A; one game per pair; accuracy pooled over pairs, and per category.",
+        "judgebench", "JudgeBench: Knowledge, Reasoning, Math, Coding, per response model.",
+        "--data: data/dataset=judgebench,response_model=*.jsonl (pair_id, source, question, response_model, "
+        "response_A, response_B, label). Rule (ScalerLab/JudgeBench run_judge.py, utils/metrics.py "
+        "compute_final_metrics, utils/judges.py): a game decides A>B iff r(A) > r(B), else B>A. By default both "
+        "orders are played, as run_judge.py does unless --single_game is given and as the published reward-model "
+        "outputs were scored: the (B, A) verdict is flipped back, each verdict equal to the label counts +1 and "
+        "each against it -1, and a pair is right iff the sum is > 0; for a reward model that is r(right) > "
+        "r(wrong), a tie counts wrong. --single-game scores the (A, B) game alone (run_judge.py --single_game): "
+        "a tie decides B>A, so it counts right when the label is B>A. Accuracy per response model (the official "
+        "code scores one response-model file at a time; GPT-4o and Claude response sets are never pooled), "
+        "overall and per category (by source prefix).",
+        "Example ids: the row's `pair_id`. Rewards: [response_A, response_B].",
         judgebench.load, judgebench.score,
     ),
     Benchmark(
@@ -90,6 +130,8 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
         "--data: RMB_dataset/ (Pairwise_set items with chosen/reject, BoN_set items with bon_best/loser_list). "
         "Rule: pairwise right when r(chosen) > r(reject) (eval/scripts/my_run_rm.py); best-of-N right when "
         "bon_best beats every loser strictly (the paper; ties lose); Overall = mean of the four accuracies.",
+        "Example ids: Pairwise-PAIR_UID and BoN-BON_UID. Rewards: [chosen, reject], or [bon_best, then loser_list "
+        "in its order].",
         rmb.load, rmb.score,
     ),
     Benchmark(
@@ -99,6 +141,9 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
         "available to verify): human preference accuracy with reward ties 1/2 and label ties left out; best-of-K "
         "= correctness of the top-reward response among the first K (tied tops share), K = 1, 2, 4 ... 32; "
         "within-prompt pairwise accuracy; pooled ROC-AUC.",
+        "Example ids: QUESTION_ID-LINE for human-preference rows and SET-QUESTION_ID-MODEL_NAME-LINE for correctness "
+        "rows (QUESTION_ID: the file name without its suffixes followed by -LINE when the row has no "
+        "question_id; LINE: the row's line in its file). Rewards: [response_1, response_2, ...].",
         ppe.load, ppe.score,
     ),
 )}
@@ -132,7 +177,9 @@ def reward_functions(specs: list[str], options: ScoringOptions, known: set[str] 
         elif known is None or name in known:
             out[name] = None
         else:
-            raise BenchmarkError(f"-m {spec}: no such model directory or file, and no cached scores named {name!r}")
+            cached = f" (--scores has {', '.join(map(repr, sorted(known)))})" if known else ""
+            raise BenchmarkError(f"-m {spec}: no such model directory or file, and no cached scores named "
+                                 f"{name!r}{cached}")
     return out
 
 
@@ -142,13 +189,15 @@ def rewards_for(examples: list[Example], models: dict[str, RewardFn | None], opt
     cached = cached or {}
     rewards: Rewards = {}
     for name, function in models.items():
-        aligned = align_rewards(cached.get(name, {}), examples)  # type: ignore[arg-type]
-        if aligned is not None:
-            rewards[name] = aligned
+        saved: dict[str, list[float]] = cached.get(name, {})  # type: ignore[assignment]
+        gap = coverage_gap(saved, examples)
+        if gap is None:
+            rewards[name] = [saved[e.id] for e in examples]
             continue
         if function is None:
-            raise BenchmarkError(f"cached scores for {name!r} do not cover every {benchmark} example; "
-                                 f"give its model directory: -m {name}=DIR")
+            raise BenchmarkError(f"--scores {options.cached}: the rewards of {name!r} do not cover every "
+                                 f"{benchmark} example: {gap}; give its model directory (-m {name}=DIR) or the "
+                                 "--data the scores were saved from")
         groups = [(e.conversation, e.responses) for e in examples]
         rewards[name] = [[float(x) for x in result.rewards] for result in function(groups)]
     if options.save:
@@ -158,18 +207,26 @@ def rewards_for(examples: list[Example], models: dict[str, RewardFn | None], opt
     return rewards
 
 
+def check_request(specs: list[str], options: ScoringOptions) -> None:
+    """Refuse, before any data is read, a run with nothing to report or nothing to save."""
+    if not specs and not options.cached and not options.length_baseline:
+        raise BenchmarkError("nothing to evaluate: give -m MODEL, --scores PATH or --length-baseline")
+    if options.save and not specs and not options.cached:
+        raise BenchmarkError("--save-scores saves model rewards and the length baseline is never saved (it is "
+                             "recomputed from --data on every run): give -m MODEL or --scores PATH to save")
+
+
 def evaluate(benchmark: str, examples: list[Example], specs: list[str], options: ScoringOptions,
-             resamples: int, seed: int) -> Report:
+             resamples: int, seed: int, cached: Rewards | None = None, **score_options: Any) -> Report:
+    """Every model of `specs` (none: every model of `cached`) and the length baseline on the examples."""
     if not examples:
         raise BenchmarkError(f"no {benchmark} examples in the given --data")
-    cached = load_rewards(options.cached, benchmark) if options.cached else {}
-    models = reward_functions(specs, options, set(cached))
-    if not models and not options.length_baseline:
-        models = dict.fromkeys(cached)
-        if not models:
-            raise BenchmarkError("nothing to evaluate: give -m MODEL, --scores PATH or --length-baseline")
+    cached = cached or {}
+    if options.cached or options.save:
+        check_unique_ids(examples, benchmark)
+    models = reward_functions(specs, options, set(cached)) if specs else dict.fromkeys(cached)
     rewards = rewards_for(examples, models, options, benchmark, cached)
-    report = BENCHMARKS[benchmark].score(examples, rewards, resamples, seed)
+    report = BENCHMARKS[benchmark].score(examples, rewards, resamples, seed, **score_options)
     report.notes += options.notes
     if options.length_baseline:
         report.notes.append(f"{LENGTH_BASELINE}: rewards = reply length in characters (a sanity row)")
@@ -177,10 +234,13 @@ def evaluate(benchmark: str, examples: list[Example], specs: list[str], options:
 
 
 def run_benchmark(benchmark: str, data: Iterable[str], specs: list[str], options: ScoringOptions, resamples: int,
-                  seed: int, **load_options: Any) -> Report:
+                  seed: int, **benchmark_options: Any) -> Report:
     """Load a benchmark's --data files and evaluate the models on them with its official rule."""
+    check_request(specs, options)
+    cached = load_rewards(options.cached, benchmark) if options.cached else {}
+    load_options, score_options = BENCHMARKS[benchmark].split_options(benchmark_options)
     examples = BENCHMARKS[benchmark].examples(data, options.notes, **load_options)
-    return evaluate(benchmark, examples, specs, options, resamples, seed)
+    return evaluate(benchmark, examples, specs, options, resamples, seed, cached, **score_options)
 
 
 def evaluate_pair_stream(records: Iterable[Any], functions: dict[str, RewardFn | None], by: str,

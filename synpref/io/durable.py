@@ -153,16 +153,23 @@ class AppendStream:
         self.path = path
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
+        try:
+            self._open(plain)
+        except BaseException:  # a locked or corrupt file, a read error: the descriptor goes too
+            os.close(self._fd)
+            raise
+
+    def _open(self, plain: bool | None) -> None:
+        """Lock the file, learn its format and frames, and cut a torn last frame."""
         try:  # two writers would each resume from a stale view of the file
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            os.close(self._fd)
-            raise ValueError(f"{path} is being written by another process") from None
+            raise ValueError(f"{self.path} is being written by another process") from None
         head = os.pread(self._fd, 4, 0)
         if head:
             self.plain = not head.startswith(ZSTD_MAGIC)
         else:
-            self.plain = path.endswith(PLAIN_SUFFIXES) if plain is None else plain
+            self.plain = self.path.endswith(PLAIN_SUFFIXES) if plain is None else plain
         self._compressor = zstandard.ZstdCompressor(level=3, write_content_size=True)
         self._ends = array("q")  # byte offset where each complete frame ends
         self._counts = array("q")  # lines in the file up to the end of each frame

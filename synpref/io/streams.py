@@ -8,7 +8,9 @@ users can pipe anything in. Writing produces zstd (multithreaded) unless stdout 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
+import re
 import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -30,6 +32,8 @@ COMPRESSED_CHUNK = 1 << 16
 # zstd level 1 compresses ~2.4x faster than level 3 for ~12% larger files: streams between stages are
 # transient, and on a 2-core node level 3 would cost more CPU than reading and parsing the records.
 DEFAULT_LEVEL = 1
+# The brackets and commas of JSON text, strings matched whole so that none inside them counts.
+_STRUCTURE = re.compile(rb'"(?:[^"\\]|\\.)*"|[][{},]')
 STREAM_SUFFIXES = (".jsonl", ".json", ".zst", ".zstd", ".gz", ".parquet", ".ndjson")
 
 
@@ -86,12 +90,7 @@ def expand_paths(paths: Iterable[str]) -> list[str]:
     files: list[str] = []
     for path in paths or ["-"]:
         if path != "-" and os.path.isdir(path):
-            found = sorted(
-                os.path.join(root, name)
-                for root, _, names in os.walk(path, onerror=_unlistable)
-                for name in names
-                if name.endswith(STREAM_SUFFIXES) and not name.startswith(".")
-            )
+            found = _folder_files(path)
             if not found:
                 raise StreamError(path, None, "directory holds no .jsonl/.json/.zst/.gz/.parquet files")
             files.extend(found)
@@ -100,6 +99,45 @@ def expand_paths(paths: Iterable[str]) -> list[str]:
         else:
             files.append(path)
     return files
+
+
+def files_sha256(files: list[str], names: list[str | None] | None = None,
+                 skip_unreadable: bool = False) -> str:
+    """SHA-256 of FILES' bytes in order, each after its entry of NAMES (when given and not None):
+    what an index or a checkpoint records of its inputs. A file that cannot be read is a StreamError
+    naming it, or with SKIP_UNREADABLE (--on-error skip, where the reader diverts it too) its name
+    and the error stand in for its bytes."""
+    digest = hashlib.sha256()
+    for path, name in zip(files, names or [None] * len(files), strict=True):
+        if name is not None:
+            digest.update(name.encode("utf-8", "surrogatepass") + b"\0")
+        try:
+            with open(path, "rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
+        except OSError as error:
+            if not skip_unreadable:
+                raise StreamError(path, None, f"cannot read: {error.strerror or error}") from None
+            digest.update(f"unreadable {path}: {error.strerror or error}\0".encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
+
+
+def _folder_files(folder: str) -> list[str]:
+    """The stream files under FOLDER, sorted. Linked sub-folders are read too (a folder of data
+    linked in is meant to be read); a folder reached a second time (a link to an ancestor, or two
+    links to one folder) is an error naming the link, as its files would be read twice or forever."""
+    found: list[str] = []
+    reached_as: dict[str, str] = {}  # real path of each folder read -> the path it was read as
+    for root, folders, names in os.walk(folder, onerror=_unlistable, followlinks=True):
+        real = os.path.realpath(root)
+        if real in reached_as:
+            raise StreamError(root, None, f"a link to {reached_as[real]}, which is already read (a link cycle, "
+                              "or a second link to one folder): remove the link")
+        reached_as[real] = root
+        folders.sort()  # a deterministic walk: the same link is the one named
+        found.extend(os.path.join(root, name) for name in names
+                     if name.endswith(STREAM_SUFFIXES) and not name.startswith("."))
+    return sorted(found)
 
 
 def _unlistable(error: OSError) -> None:
@@ -187,7 +225,8 @@ def _lines(chunks: Iterator[bytes], path: str) -> Iterator[tuple[int, bytes]]:
 def _one_value(data: bytes, path: str) -> Any:
     """DATA as one JSON value (a .json file), or None when it is JSON Lines after all: the value ends
     and more content follows, or the file is no value but its second line is an object of its own
-    (JSON Lines whose first line is an array, or a broken one). A .json array spans the file."""
+    (JSON Lines whose first line is an array, or a broken one). A .json array spans the file; one
+    nested too deep for orjson is read element by element (`_array_elements`)."""
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as error:
@@ -195,7 +234,43 @@ def _one_value(data: bytes, path: str) -> Any:
         if error.msg.startswith("unexpected content after document") or (
                 len(lines) == 2 and lines[1].lstrip()[:1] == b"{" and _is_object(lines[1])):
             return None
+        if error.msg == "depth limit exceeded":
+            return _array_elements(data)
         raise StreamError(path, error.lineno, f"malformed JSON ({error.msg} at column {error.colno})") from None
+
+
+def _array_elements(data: bytes) -> list[Any]:
+    """The elements of the .json array DATA, each parsed alone. orjson reads no document nested
+    past 1024 levels, so one element that deep would make the whole file one error and lose its
+    valid records: split at the array's own commas, an element that does not parse is left as its
+    bytes, which the reader reports at its position (anything after the array is one more)."""
+    elements: list[bytes] = []
+    depth = start = 0
+    for token in _STRUCTURE.finditer(data):
+        mark = data[token.start()]
+        if mark in b"[{":
+            depth += 1
+            if depth == 1:
+                start = token.end()
+        elif mark in b"]}":
+            depth -= 1
+            if depth == 0:
+                elements.append(data[start:token.start()])
+                start = token.end()
+                break
+        elif mark == ord(",") and depth == 1:
+            elements.append(data[start:token.start()])
+            start = token.end()
+    if data[start:].strip():  # an array cut short, or content after it
+        elements.append(data[start:])
+    return [_parsed_or_bytes(element) for element in elements]
+
+
+def _parsed_or_bytes(element: bytes) -> Any:
+    try:
+        return orjson.loads(element)
+    except orjson.JSONDecodeError:
+        return element  # the reader reports it, as malformed JSON at its position
 
 
 def _is_object(line: bytes) -> bool:

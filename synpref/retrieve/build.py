@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import glob
-import hashlib
 import json
 import os
 import re
@@ -30,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from synpref.io import AtomicFile, Shard, expand_paths, write_atomic
-from synpref.records import LayoutOptions
+from synpref.io import AtomicFile, Shard, expand_paths, files_sha256, write_atomic
+from synpref.io.ids import pack_ids, unpack_id
 from synpref.retrieve.embed import Embedder, pair_text
 from synpref.retrieve.index import (
     DEFAULT_EF_SEARCH,
@@ -39,13 +38,11 @@ from synpref.retrieve.index import (
     FORMAT,
     IndexMismatch,
     describe_model,
-    pack_ids,
     read_meta,
-    unpack_id,
     vector_index,
     write_index,
 )
-from synpref.stage import Stage
+from synpref.stage import Stage, StageOptions
 
 CHUNK = 4096  # pairs per durable chunk: about 40 s of embedding on 2 CPU cores
 BUILD = "build.json"
@@ -62,19 +59,15 @@ def pool_files(paths: list[str]) -> list[str]:
     return [os.path.abspath(path) for path in files]
 
 
-def pool_sha256(files: list[str]) -> str:
-    """SHA-256 of the pool's bytes, its files concatenated in reading order."""
-    digest = hashlib.sha256()
-    for path in files:
-        with open(path, "rb") as handle:
-            while block := handle.read(1 << 20):
-                digest.update(block)
-    return digest.hexdigest()
+def pool_sha256(files: list[str], skip_unreadable: bool = False) -> str:
+    """SHA-256 of the pool's bytes, its files concatenated in reading order (see `files_sha256`)."""
+    return files_sha256(files, skip_unreadable=skip_unreadable)
 
 
-def build_settings(files: list[str], embedder: Embedder, layouts: LayoutOptions) -> dict[str, Any]:
-    return {"format": FORMAT, "pool": {"sha256": pool_sha256(files), "files": files},
-            "model": embedder.identity, "layouts": asdict(layouts)}
+def build_settings(files: list[str], embedder: Embedder, options: StageOptions) -> dict[str, Any]:
+    sha256 = pool_sha256(files, skip_unreadable=options.on_error != "fail")
+    return {"format": FORMAT, "pool": {"sha256": sha256, "files": files},
+            "model": embedder.identity, "layouts": asdict(options.layouts)}
 
 
 def check_same_build(directory: str, found: dict[str, Any], settings: dict[str, Any], what: str) -> None:
@@ -113,7 +106,8 @@ def _chunks(part: str) -> list[str]:
 def _save_chunk(part: str, number: int, vectors: np.ndarray, positions: list[int], ids: list[str]) -> None:
     blob, offsets = pack_ids(ids)
     with AtomicFile(os.path.join(part, f"chunk-{number:06d}.npz")) as handle:
-        np.savez(handle, vectors=vectors, positions=np.asarray(positions, dtype=np.int64), id_blob=blob,
+        np.savez(handle, vectors=vectors, positions=np.asarray(positions, dtype=np.int64),
+                 id_blob=np.frombuffer(blob, dtype=np.uint8),
                  id_offsets=offsets)
 
 
@@ -225,7 +219,7 @@ def build_index(stage: Stage, directory: str, embedder: Embedder, kind: str = "a
     this pool and model is left as it is (counted `up_to_date`); one of another pool or model, or a
     build folder of one, is refused (IndexMismatch).
     """
-    settings = build_settings(pool_files(stage.options.inputs), embedder, stage.options.layouts)
+    settings = build_settings(pool_files(stage.options.inputs), embedder, stage.options)
     finished = read_meta(directory)
     if finished is not None:
         check_same_build(directory, finished, settings, "an index")

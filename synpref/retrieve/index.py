@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from synpref.io import AtomicFile, write_atomic
+from synpref.io.ids import pack_ids, unpack_id
 
 FORMAT = "synpref-retrieve/1"
 KINDS = ("auto", "flat", "hnsw", "ivf")
@@ -112,22 +113,11 @@ def index_settings(index: Any) -> dict[str, Any]:
     return {"kind": "ivf", "nlist": int(ivf.nlist), "nprobe": int(ivf.nprobe)}
 
 
-def pack_ids(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Ids as one utf-8 blob and offsets: 40M ids take their bytes, not 40M Python strings."""
-    encoded = [text.encode("utf-8", "surrogatepass") for text in ids]
-    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-    np.cumsum([len(item) for item in encoded], out=offsets[1:])
-    return np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets
-
-
-def unpack_id(blob: np.ndarray, offsets: np.ndarray, row: int) -> str:
-    return blob[offsets[row] : offsets[row + 1]].tobytes().decode("utf-8", "surrogatepass")
-
-
 def write_index(directory: str, index: Any, ids: list[str], positions: np.ndarray, meta: dict[str, Any]) -> None:
     """Write a finished index; meta.json goes last, so a killed write leaves no index that looks whole."""
     faiss = require_faiss()
     blob, offsets = pack_ids(ids)
+    blob = np.frombuffer(blob, dtype=np.uint8)
     with AtomicFile(os.path.join(directory, VECTORS)) as handle:
         faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write))
     with AtomicFile(os.path.join(directory, IDS)) as handle:

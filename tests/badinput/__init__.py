@@ -134,6 +134,18 @@ def _json_array(w: Writer, elements: list[Any], line: int | None, field: str | N
     return w.kind(path, line, field)
 
 
+def deep_json_array(w: Writer, levels: int) -> Kind:
+    """A .json array (one element a line) of a valid record, one whose extra.x is LEVELS lists deep
+    (written by hand: the standard library's writer stops at about 1000), and another valid one. Up
+    to about 1000 levels the error names `extra`; past orjson's read limit of 1024 the element is
+    malformed JSON, and the records beside it must still be read."""
+    path = w.path(".json")
+    first, bad = w.good(), json.dumps({**w.base(), "extra": {"x": "DEEP"}})
+    bad = bad.replace('"DEEP"', "[" * levels + '"bottom"' + "]" * levels)
+    path.write_text(f"[\n{json.dumps(first)},\n{bad},\n{json.dumps(w.good())}\n]\n")
+    return w.kind(path, 2, "extra" if levels <= 1000 else None)
+
+
 def _truncated_json_array(w: Writer) -> Kind:
     path = w.path(".json")
     text = json.dumps([w.base(), w.base()], indent=1)
@@ -229,6 +241,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("json-array-element-too-deep", "a .json array element nested 300 deep (its raw row cannot be "
          "written back either)",
          lambda w: _json_array(w, [{**w.base(), "extra": {"x": _deep(300)}}, w.good()], 1, "extra")),
+    Spec("json-array-element-past-read-limit", "a .json array element nested 1100 deep, past orjson's read "
+         "limit of 1024 (once the whole file was one error)", lambda w: deep_json_array(w, 1100)),
     Spec("truncated-zstd", "a zstd stream whose last frame is cut short",
          lambda w: _compressed(w, zstandard.ZstdCompressor().compress, ".jsonl.zst", 20)),
     Spec("truncated-gzip", "a gzip stream whose last member is cut short",
