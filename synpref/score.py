@@ -26,6 +26,7 @@ import orjson
 from synpref.engines import Progress
 from synpref.engines.reward import Group, GroupReward, RewardScorer
 from synpref.io import AppendStream
+from synpref.io.resume import resume_path, skip_finished
 from synpref.models.reward import sigmoid
 from synpref.records import Record, check_pair, is_pair
 from synpref.stage import Stage
@@ -70,11 +71,6 @@ def score_name(scorer: RewardScorer, name: str | None = None) -> str:
     return name or os.path.basename(os.path.normpath(scorer.model_dir))
 
 
-def resume_path(output: str) -> str:
-    """Where `synpref score -o OUTPUT` keeps finished records until the run completes."""
-    return f"{output}.resume.jsonl"
-
-
 def score_stage(stage: Stage, scorer: RewardScorer, name: str | None = None) -> str | None:
     """Score a Stage's records to its output; with `-o` resumable after a kill.
 
@@ -101,7 +97,7 @@ def score_stage(stage: Stage, scorer: RewardScorer, name: str | None = None) -> 
         return None
     sidecar = AppendStream(resume_path(stage.options.output), plain=True)
     try:
-        done = _skip_finished(sidecar, scorer.window, records)
+        done = skip_finished(sidecar, scorer.window, records)
         stage.counts["resumed"] += done
         with _progress_bar(stage, done) as progress:
             window: list[bytes] = []
@@ -135,20 +131,3 @@ def _progress_bar(stage: Stage, done: int) -> Iterator[Progress]:
         yield progress
     finally:
         bar.close()
-
-
-def _skip_finished(sidecar: AppendStream, window: int, records: Iterator[Record]) -> int:
-    """Cut a resume file back to whole windows (a torn tail is scored again) and consume as many
-    input records, checking that they are the ones the file holds; returns how many."""
-    done = len(sidecar) // window * window
-    sidecar.keep_lines(done)
-    for position, line in enumerate(islice(sidecar.lines(), done)):
-        record = next(records, None)
-        previous = orjson.loads(line)
-        if record is None or record.get("id") != previous.get("id"):
-            raise ValueError(
-                f"{sidecar.path}: line {position + 1} holds record {previous.get('id')!r} but the input has "
-                f"{None if record is None else record.get('id')!r} there; it was written from other input "
-                "(delete it to start over)"
-            )
-    return done

@@ -33,7 +33,7 @@ from synpref.annotate.verify import pair_label
 from synpref.cli import cli
 from synpref.engines.torch_generate import shared_heads
 from synpref.io import read_json_records
-from synpref.score import resume_path
+from synpref.io.resume import resume_path
 from synpref.stage import Stage, StageOptions
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "data"

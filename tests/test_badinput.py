@@ -28,8 +28,8 @@ from click.testing import CliRunner, Result
 
 from synpref.cli import cli
 from synpref.io import StreamError, read_json_records, write_records
+from synpref.io.resume import resume_path
 from synpref.review import ReviewSession
-from synpref.score import resume_path
 from synpref.stage import Stage, StageOptions
 
 REPO = Path(__file__).resolve().parent.parent

@@ -25,7 +25,7 @@ from test_score import EXAMPLES, _short_pairs
 from synpref.cli import TERM_GRACE_S
 from synpref.io import read_json_records, write_records
 from synpref.io.durable import remove_stale_partials
-from synpref.score import resume_path
+from synpref.io.resume import resume_path
 
 SYNPREF = [sys.executable, "-m", "synpref"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # every score run alike: thread counts can move floats

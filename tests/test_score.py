@@ -16,8 +16,9 @@ import pytest
 
 from synpref.cli import cli
 from synpref.io import iter_raw, read_json_records, write_records
+from synpref.io.resume import resume_path
 from synpref.records import normalize
-from synpref.score import RewardScorer, resume_path, score_records
+from synpref.score import RewardScorer, score_records
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "data"
 

@@ -25,8 +25,8 @@ import orjson
 
 from synpref.engines import GenerationEngine, Prompt
 from synpref.io import AppendStream
+from synpref.io.resume import resume_path, skip_finished
 from synpref.records import Record
-from synpref.score import _skip_finished, resume_path
 from synpref.stage import Stage
 
 DEFAULT_WINDOW = 64  # records annotated together; with -o also the resume granularity
@@ -177,7 +177,7 @@ def annotate_stage(stage: Stage, task: Task, window: int, meter: Meter) -> str |
             return None
         sidecar = AppendStream(resume_path(stage.options.output), plain=True)
         try:
-            done = _skip_finished(sidecar, window, records)
+            done = skip_finished(sidecar, window, records)
             stage.counts["resumed"] += done
             meter.add_records(done)
             for chunk in _windows(records, window):

@@ -2,6 +2,8 @@
 
 - `streams`: JSON Lines records in and out (zstd / gzip / plain / .json / parquet, sharding).
 - `durable`: atomic whole-file writes and resumable append streams.
+- `resume`: the resume file of a long stage's `-o` (score, annotate).
+- `ids`: many record ids as one utf-8 blob and offsets.
 - `errors`: `StreamError`, the located error of bad input.
 """
 
