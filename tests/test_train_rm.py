@@ -75,7 +75,7 @@ def test_packed_loss_and_gradients_equal_a_padded_forward(smollm2_rm, examples):
     formatter = PairFormatter(trainer.engine.tokenizer)
     pairs = [TrainPair(formatter.encode_group(r["conversation"], [r["chosen"], r["rejected"]]))
              for r in _pairs(examples / "hh-harmless-base-test.jsonl.zst", 3)]
-    assert trainer.engine.packed and trainer.engine._batch_cost([p.group for p in pairs]) <= 1024  # one row
+    assert trainer.engine.packed and trainer.engine.batch_cost([p.group for p in pairs]) <= 1024  # one row
     rewards = trainer._rewards(pairs, None)
     packed_loss = -torch.nn.functional.logsigmoid(rewards[:, 0] - rewards[:, 1]).mean()
     packed_loss.backward()

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from synpref.io import AppendStream
-from synpref.io.durable import _host
+from synpref.io.durable import host_name
 
 KEY_BYTES = 16
 SUFFIX = ".states"
@@ -157,7 +157,7 @@ class StateCache:
                 except ValueError:  # another process is appending to it
                     continue
             else:
-                self._writer = AppendStream(os.path.join(self.path, f"{_host()}-{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}"), plain=True)
+                self._writer = AppendStream(os.path.join(self.path, f"{host_name()}-{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}"), plain=True)
         return self._writer
 
 

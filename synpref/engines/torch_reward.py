@@ -164,7 +164,7 @@ class TorchRewardEngine:
                             results, progress)
         todo = [groups[index] for index in pending]
         longest = lambda group: max(map(len, group.sequences))  # noqa: E731
-        for batch in token_budget_batches(todo, longest, self._batch_cost, self.batch_tokens):
+        for batch in token_budget_batches(todo, longest, self.batch_cost, self.batch_tokens):
             self._run(groups, [pending[i] for i in batch], results, progress, cache, keys)
         return results
 
@@ -186,8 +186,9 @@ class TorchRewardEngine:
         start = group.prefix_length
         return [(list(group.sequences[0][:start]), [list(s[start:]) for s in group.sequences])]
 
-    def _batch_cost(self, batch: Sequence[EncodedGroup]) -> int:
-        """Tokens the batch costs: its packed row, or its padded full sequences."""
+    def batch_cost(self, batch: Sequence[EncodedGroup]) -> int:
+        """Tokens the batch costs: its packed row, or its padded full sequences (the budget that
+        scoring and training batches are cut to)."""
         if self.packed:
             if not self.span_attention and len(batch) > 1:
                 return self.batch_tokens + 1  # no per-group attention: one group per row

@@ -106,7 +106,7 @@ class FrozenFeatures:
         todo = [groups[index] for index in pending]
         longest = lambda group: max(map(len, group.sequences))  # noqa: E731
         with torch.no_grad():  # not inference_mode: the head's backward reads these states
-            for batch in token_budget_batches(todo, longest, engine._batch_cost, engine.batch_tokens):
+            for batch in token_budget_batches(todo, longest, engine.batch_cost, engine.batch_tokens):
                 indexes = [pending[i] for i in batch]
                 states = engine.reply_states([groups[i] for i in indexes]).float()
                 if cache is not None:
@@ -228,7 +228,7 @@ class RewardModelTrainer:
         count = global_count or len(pairs)
         totals = torch.zeros(4, dtype=torch.float64)  # loss sum, margin sum, wins, tokens
         longest = lambda pair: max(map(len, pair.group.sequences))  # noqa: E731
-        cost = lambda batch: self.engine._batch_cost([pair.group for pair in batch])  # noqa: E731
+        cost = lambda batch: self.engine.batch_cost([pair.group for pair in batch])  # noqa: E731
         for batch in token_budget_batches(pairs, longest, cost, self.engine.batch_tokens):
             members = [pairs[i] for i in batch]
             rewards = self._rewards(members, None if indexes is None else [indexes[i] for i in batch])

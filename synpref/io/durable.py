@@ -41,7 +41,7 @@ def _current_umask() -> int:
     return mask
 
 
-def _host() -> str:
+def host_name() -> str:
     """This machine's short name as it can appear in a file name (no dots: the name is parsed)."""
     return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0])[:32] or "host"
 
@@ -64,7 +64,7 @@ def remove_stale_partials(path: str) -> list[str]:
     process, even one that reused a dead writer's pid, is left alone.
     """
     directory, name = os.path.split(os.path.abspath(path))
-    prefix, host, removed = f".{name}.", _host(), []
+    prefix, host, removed = f".{name}.", host_name(), []
     try:
         entries = os.listdir(directory)
     except FileNotFoundError:
@@ -104,7 +104,7 @@ class AtomicFile:
         os.makedirs(directory, exist_ok=True)
         remove_stale_partials(path)
         descriptor, self._temp = tempfile.mkstemp(
-            prefix=f".{os.path.basename(path)}.{_host()}-{os.getpid()}.", suffix=PARTIAL, dir=directory
+            prefix=f".{os.path.basename(path)}.{host_name()}-{os.getpid()}.", suffix=PARTIAL, dir=directory
         )
         _OPEN[self._temp] = os.getpid()
         self.handle: IO[bytes] = os.fdopen(descriptor, "wb")
