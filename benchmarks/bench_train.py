@@ -110,11 +110,11 @@ def main() -> None:
     import tempfile
 
     import torch
-    from bench_score import _model_dir  # the same SmolLM2 reward model bench_score builds
+    from bench_score import reward_model_dir  # the same SmolLM2 reward model bench_score builds
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
-    model_dir = _model_dir(args.model)
+    model_dir = reward_model_dir(args.model)
     groups = _groups(model_dir, args.data, args.pairs + args.batch, args.max_length)
     timed = groups[args.batch :]  # both peers time the same pairs after one warm-up batch
     tokens = sum(len(s) for g in timed for s in g.sequences)
