@@ -86,7 +86,7 @@ class MemoryWriter:
     def close(self) -> None:
         pass
 
-    abort = close
+    abort = finish = close
 
 
 def _default_id(path: str, line: int) -> str:
@@ -352,8 +352,20 @@ class Stage:
         try:
             if kind is None and self.emits:
                 self.writer()
-            for writer in self._writers.values():
-                writer.close() if kind is None else writer.abort()
+            writers = list(self._writers.values())
+            if kind is not None:
+                for writer in writers:
+                    writer.abort()
+                return
+            try:  # every output on disk first, then all put in place: a full disk leaves none there
+                for writer in writers:
+                    writer.finish()
+            except BaseException:
+                for writer in writers:
+                    writer.abort()
+                raise
+            for writer in writers:
+                writer.close()
         finally:
             if self._spool is not None and os.path.exists(self._spool):
                 os.unlink(self._spool)

@@ -245,3 +245,32 @@ def test_duplicate_reply_keys_are_found_and_lookalikes_are_not():
     with pytest.raises(RecordError) as caught:
         function(orjson.loads(nested), nested)
     assert caught.value.field == "extra.x.rejected"
+
+
+@pytest.mark.parametrize("failing", ["kept.jsonl", "removed.jsonl"])
+def test_a_stage_whose_output_fails_to_close_leaves_no_other_output_half_written(failing, tmp_path, monkeypatch):
+    """When one output cannot be written out (a full disk), no output appears and no partial file
+    is left: every output is on disk before any is put in place."""
+    import os
+
+    from synpref.io import RecordWriter
+    from synpref.stage import Stage, StageOptions, Verdict
+
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(
+        f'{{"id": "r{i}", "conversation": [{{"role": "user", "content": "q"}}], "chosen": "{"a" * i}", '
+        f'"rejected": "b"}}\n' for i in range(1, 5)))
+    options = StageOptions(inputs=[str(source)], output=str(tmp_path / "kept.jsonl"),
+                           removed=str(tmp_path / "removed.jsonl"))
+    real_flush = RecordWriter.flush
+
+    def flush(writer):  # one output's last write fails as on a full disk
+        if writer.path.endswith(failing):
+            raise OSError(28, "No space left on device")
+        real_flush(writer)
+
+    monkeypatch.setattr(RecordWriter, "flush", flush)
+    with pytest.raises(OSError, match="No space"), Stage("filter", options) as stage:
+        for record, original in stage.records_with_bytes(progress=False):
+            stage.route(record, Verdict(len(record["chosen"]) > 2, "length"), original)
+    assert sorted(os.listdir(tmp_path)) == ["in.jsonl"]  # no kept, no removed, no .partial left

@@ -110,12 +110,23 @@ class AtomicFile:
         self.handle: IO[bytes] = os.fdopen(descriptor, "wb")
         os.chmod(self._temp, 0o666 & ~_current_umask())  # mkstemp makes 0600; match a plain open()
 
-    def commit(self) -> None:
-        """Make PATH the written bytes; on any failure (a full disk, SIGTERM) the temp file goes."""
+    def sync(self) -> None:
+        """Put the written bytes on disk, not yet at PATH: where a full disk fails. Writers that must
+        appear together sync all, then commit all; on failure the temp file goes."""
+        if self.handle.closed:
+            return
         try:
             self.handle.flush()
             os.fsync(self.handle.fileno())
             self.handle.close()
+        except BaseException:
+            self.abort()
+            raise
+
+    def commit(self) -> None:
+        """Make PATH the written bytes; on any failure (a full disk, SIGTERM) the temp file goes."""
+        self.sync()
+        try:
             os.replace(self._temp, self.path)
         except BaseException:
             self.abort()

@@ -388,6 +388,7 @@ class RecordWriter:
             self._sink = compressor.stream_writer(target, closefd=False)
         self._buffer: list[bytes] = []
         self._buffered = 0
+        self._finished = False
 
     def write(self, record: Any) -> None:
         self.write_line(orjson.dumps(record))
@@ -411,20 +412,30 @@ class RecordWriter:
             self._buffer.clear()
             self._buffered = 0
 
-    def close(self) -> None:
-        """Finish the stream; only now does PATH appear. A failure on the way (a closed pipe, a full
-        disk, SIGTERM) aborts, so no temp file is left behind."""
+    def finish(self) -> None:
+        """End the stream and put it on disk (stdout: flushed), PATH not yet replaced: the step that
+        can fail on a full disk. A failure on the way (a closed pipe, SIGTERM too) aborts."""
+        if self._finished:
+            return
         try:
             self.flush()
             if self._sink is not self._target:
                 self._sink.close()  # ends the gzip member / zstd frame; the target stays open
             self._target.flush()
             if self._file is not None:
-                self._file.commit()
-                self._file = None
+                self._file.sync()
         except BaseException:
             self.abort()
             raise
+        self._finished = True
+
+    def close(self) -> None:
+        """Finish the stream; only now does PATH appear. A failure on the way aborts, so no temp file
+        is left behind."""
+        self.finish()
+        if self._file is not None:
+            self._file.commit()
+            self._file = None
 
     def abort(self) -> None:
         """Drop a half-written output: the temp file goes, PATH is left as it was."""
