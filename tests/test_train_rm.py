@@ -63,6 +63,37 @@ def _log(out: Path) -> list[dict]:
     return [orjson.loads(line) for line in (out / "train-log.jsonl").read_bytes().splitlines()]
 
 
+def test_frozen_features_are_the_states_score_computes_even_with_dropout(smollm2_rm, examples, tmp_path):
+    """The frozen-backbone features (and what they put in the shared state cache) are eval-mode
+    states: a trainer's model is in train mode, where dropout would make every state a draw."""
+    import json
+
+    import torch
+
+    from synpref.engines.torch_reward import TorchRewardEngine
+    from synpref.engines.torch_train import FrozenFeatures
+    from synpref.models.formatting import PairFormatter
+
+    for name in os.listdir(smollm2_rm):  # the same RM with dropout on (SmolLM2 itself has none)
+        if name != "config.json":
+            os.symlink(smollm2_rm / name, tmp_path / name)
+    config = json.loads((smollm2_rm / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "attention_dropout": 0.5}))
+    engine = TorchRewardEngine(str(tmp_path), train=True)
+    formatter = PairFormatter(engine.tokenizer)
+    groups = [formatter.encode_group(r["conversation"], [r["chosen"], r["rejected"]])
+              for r in _pairs(examples / "hh-harmless-base-test.jsonl.zst", 2)]
+    engine.model.eval()
+    with torch.no_grad():
+        reference = engine.reply_states(groups)
+    engine.model.train()
+    with torch.no_grad():
+        assert not torch.allclose(engine.reply_states(groups), reference)  # dropout is really on
+    features = torch.cat(FrozenFeatures(engine, groups).states)
+    assert engine.model.training  # left as it was
+    torch.testing.assert_close(features, reference, rtol=1e-5, atol=1e-6)
+
+
 def test_packed_loss_and_gradients_equal_a_padded_forward(smollm2_rm, examples):
     """The packed CPU rows (several pairs, conversation once, replies behind a block mask) give the
     loss and gradients of a plain padded forward of each sequence, within 1e-5 relative (fp32)."""

@@ -105,16 +105,21 @@ class FrozenFeatures:
                 progress(len(done), sum(len(s) for i in done for s in groups[i].sequences))
         todo = [groups[index] for index in pending]
         longest = lambda group: max(map(len, group.sequences))  # noqa: E731
-        with torch.no_grad():  # not inference_mode: the head's backward reads these states
-            for batch in token_budget_batches(todo, longest, engine.batch_cost, engine.batch_tokens):
-                indexes = [pending[i] for i in batch]
-                states = engine.reply_states([groups[i] for i in indexes]).float()
-                if cache is not None:
-                    cache.put([key for i in indexes for key in keys[i]], states)
-                for offset, index in enumerate(indexes):
-                    self.states[index] = states[2 * offset : 2 * offset + 2].clone()
-                if progress is not None:
-                    progress(len(batch), sum(len(s) for i in indexes for s in groups[i].sequences))
+        training = engine.model.training
+        engine.model.eval()  # the states `score` computes (and caches): no dropout in a frozen backbone
+        try:
+            with torch.no_grad():  # not inference_mode: the head's backward reads these states
+                for batch in token_budget_batches(todo, longest, engine.batch_cost, engine.batch_tokens):
+                    indexes = [pending[i] for i in batch]
+                    states = engine.reply_states([groups[i] for i in indexes]).float()
+                    if cache is not None:
+                        cache.put([key for i in indexes for key in keys[i]], states)
+                    for offset, index in enumerate(indexes):
+                        self.states[index] = states[2 * offset : 2 * offset + 2].clone()
+                    if progress is not None:
+                        progress(len(batch), sum(len(s) for i in indexes for s in groups[i].sequences))
+        finally:
+            engine.model.train(training)
 
 
 class RewardModelTrainer:
