@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from badinput import (  # tests/ is on sys.path
+from badinput import (  # tests/ is on sys.path (rootdir conftest, package badinput)
     KINDS,
     SPECS,
     Kind,
@@ -32,7 +32,7 @@ from synpref.io.resume import resume_path
 from synpref.review import ReviewSession
 from synpref.stage import Stage, StageOptions
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
