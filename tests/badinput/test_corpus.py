@@ -15,7 +15,15 @@ from pathlib import Path
 
 import orjson
 import pytest
-from badinput import (  # tests/ is on sys.path (rootdir conftest, package badinput)
+from click.testing import CliRunner, Result
+
+from synpref.cli import cli
+from synpref.io import StreamError, read_json_records, write_records
+from synpref.io.resume import resume_path
+from synpref.review import ReviewSession
+from synpref.stage import Stage, StageOptions
+
+from . import (  # the corpus generator of this package
     KINDS,
     SPECS,
     Kind,
@@ -24,13 +32,6 @@ from badinput import (  # tests/ is on sys.path (rootdir conftest, package badin
     real_pairs,
     write_corpus,
 )
-from click.testing import CliRunner, Result
-
-from synpref.cli import cli
-from synpref.io import StreamError, read_json_records, write_records
-from synpref.io.resume import resume_path
-from synpref.review import ReviewSession
-from synpref.stage import Stage, StageOptions
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -197,6 +198,7 @@ def scorer(smollm2_rm):
 def test_score(corpus, tmp_path, smollm2_rm, scorer, monkeypatch):
     """The model is loaded once: the command's own RewardScorer is the one already loaded."""
     import synpref.engines.reward
+    import synpref.score  # imported before the patch: it keeps the real class for its isinstance check
 
     monkeypatch.setattr(synpref.engines.reward, "RewardScorer", lambda *args, **options: scorer)
 
