@@ -9,7 +9,7 @@ row. An item that alone exceeds the budget still forms a batch of its own.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -17,6 +17,11 @@ T = TypeVar("T")
 def padded_cost(lengths: Sequence[int]) -> int:
     """Tokens a right-padded batch of sequences of these lengths processes."""
     return len(lengths) * max(lengths, default=0)
+
+
+def longest_sequence(group: Any) -> int:
+    """The sort key of an encoded group (`EncodedGroup`, anything with `sequences`): its longest."""
+    return max(map(len, group.sequences))
 
 
 def token_budget_batches(

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from synpref.engines import Progress
-from synpref.engines.batching import padded_cost, token_budget_batches
+from synpref.engines.batching import longest_sequence, padded_cost, token_budget_batches
 from synpref.engines.bf16 import add_bf16_weights, closest_gap, use_bf16
 from synpref.engines.packing import pack_blocks, pad_rows, span_attention
 from synpref.engines.state_cache import (
@@ -163,8 +163,7 @@ class TorchRewardEngine:
             self._head_only(groups, [index for index, cached in enumerate(hit) if cached], keys, cache,
                             results, progress)
         todo = [groups[index] for index in pending]
-        longest = lambda group: max(map(len, group.sequences))  # noqa: E731
-        for batch in token_budget_batches(todo, longest, self.batch_cost, self.batch_tokens):
+        for batch in token_budget_batches(todo, longest_sequence, self.batch_cost, self.batch_tokens):
             self._run(groups, [pending[i] for i in batch], results, progress, cache, keys)
         return results
 

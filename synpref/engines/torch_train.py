@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from synpref.engines import Progress
-from synpref.engines.batching import token_budget_batches
+from synpref.engines.batching import longest_sequence, token_budget_batches
 from synpref.engines.state_cache import StateCache, cached_groups
 from synpref.engines.torch_reward import TorchRewardEngine
 from synpref.models.formatting import EncodedGroup
@@ -85,6 +86,17 @@ def distributed() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
+@contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """MODEL in eval mode (no dropout) for the block, then back in the mode it was in."""
+    training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(training)
+
+
 class FrozenFeatures:
     """Last-layer states of every (chosen, rejected) group, computed once: with a frozen backbone the
     head trains, and is evaluated, on these alone. With CACHE (frozen backbones only: it is keyed by
@@ -104,22 +116,18 @@ class FrozenFeatures:
             if progress is not None and done:
                 progress(len(done), sum(len(s) for i in done for s in groups[i].sequences))
         todo = [groups[index] for index in pending]
-        longest = lambda group: max(map(len, group.sequences))  # noqa: E731
-        training = engine.model.training
-        engine.model.eval()  # the states `score` computes (and caches): no dropout in a frozen backbone
-        try:
-            with torch.no_grad():  # not inference_mode: the head's backward reads these states
-                for batch in token_budget_batches(todo, longest, engine.batch_cost, engine.batch_tokens):
-                    indexes = [pending[i] for i in batch]
-                    states = engine.reply_states([groups[i] for i in indexes]).float()
-                    if cache is not None:
-                        cache.put([key for i in indexes for key in keys[i]], states)
-                    for offset, index in enumerate(indexes):
-                        self.states[index] = states[2 * offset : 2 * offset + 2].clone()
-                    if progress is not None:
-                        progress(len(batch), sum(len(s) for i in indexes for s in groups[i].sequences))
-        finally:
-            engine.model.train(training)
+        # eval mode: the states `score` computes (and caches), no dropout in a frozen backbone;
+        # no_grad, not inference_mode: the head's backward reads these states
+        with eval_mode(engine.model), torch.no_grad():
+            for batch in token_budget_batches(todo, longest_sequence, engine.batch_cost, engine.batch_tokens):
+                indexes = [pending[i] for i in batch]
+                states = engine.reply_states([groups[i] for i in indexes]).float()
+                if cache is not None:
+                    cache.put([key for i in indexes for key in keys[i]], states)
+                for offset, index in enumerate(indexes):
+                    self.states[index] = states[2 * offset : 2 * offset + 2].clone()
+                if progress is not None:
+                    progress(len(batch), sum(len(s) for i in indexes for s in groups[i].sequences))
 
 
 class RewardModelTrainer:
@@ -232,7 +240,7 @@ class RewardModelTrainer:
         torch = self.torch
         count = global_count or len(pairs)
         totals = torch.zeros(4, dtype=torch.float64)  # loss sum, margin sum, wins, tokens
-        longest = lambda pair: max(map(len, pair.group.sequences))  # noqa: E731
+        longest = lambda pair: longest_sequence(pair.group)  # noqa: E731
         cost = lambda batch: self.engine.batch_cost([pair.group for pair in batch])  # noqa: E731
         for batch in token_budget_batches(pairs, longest, cost, self.engine.batch_tokens):
             members = [pairs[i] for i in batch]
@@ -279,11 +287,8 @@ class RewardModelTrainer:
             with self.torch.inference_mode():
                 states = self.torch.cat(self._gold[1].states)
                 return self.engine.head(states).float()[:, 0].view(-1, 2).tolist()
-        self.model.eval()
-        try:
+        with eval_mode(self.model):
             return self.engine.score(groups)
-        finally:
-            self.model.train()
 
     def state(self) -> dict[str, Any] | None:
         """What resuming needs besides the data position: trainable weights, the whole optimizer state,

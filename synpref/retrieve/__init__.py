@@ -15,7 +15,7 @@ Library API::
         print(query["id"], k, [hit.id for hit in hits])
 """
 
-from synpref.retrieve.build import build_index, pool_sha256
+from synpref.retrieve.build import build_index
 from synpref.retrieve.embed import DEFAULT_MAX_TOKENS, Embedder, load_embedder, pair_text
 from synpref.retrieve.index import Hit, IndexMismatch, RetrievalIndex, vector_index
 from synpref.retrieve.query import DEFAULT_K_MAX, EMITS, adaptive_k, retrieve_records, retrieve_stage
@@ -32,7 +32,6 @@ __all__ = [
     "build_index",
     "load_embedder",
     "pair_text",
-    "pool_sha256",
     "retrieve_records",
     "retrieve_stage",
     "vector_index",

@@ -59,13 +59,8 @@ def pool_files(paths: list[str]) -> list[str]:
     return [os.path.abspath(path) for path in files]
 
 
-def pool_sha256(files: list[str], skip_unreadable: bool = False) -> str:
-    """SHA-256 of the pool's bytes, its files concatenated in reading order (see `files_sha256`)."""
-    return files_sha256(files, skip_unreadable=skip_unreadable)
-
-
 def build_settings(files: list[str], embedder: Embedder, options: StageOptions) -> dict[str, Any]:
-    sha256 = pool_sha256(files, skip_unreadable=options.on_error != "fail")
+    sha256 = files_sha256(files, skip_unreadable=options.on_error != "fail")
     return {"format": FORMAT, "pool": {"sha256": sha256, "files": files},
             "model": embedder.identity, "layouts": asdict(options.layouts)}
 

@@ -19,8 +19,9 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any
 
+from synpref.io import files_sha256
 from synpref.records import LayoutOptions, Record, RecordError
-from synpref.retrieve.build import pool_files, pool_sha256
+from synpref.retrieve.build import pool_files
 from synpref.retrieve.embed import Embedder, pair_text
 from synpref.retrieve.index import Hit, IndexMismatch, RetrievalIndex
 from synpref.stage import Stage, StageOptions
@@ -91,7 +92,7 @@ def checked_pool(index: RetrievalIndex, paths: list[str] | None = None) -> list[
     if not paths and not all(map(os.path.isfile, files)):
         raise FileNotFoundError(f"{index.directory} was built from {', '.join(files)}, which is no longer "
                                 "there: give the pool's new place with --pool")
-    digest = pool_sha256(files, skip_unreadable=True)  # as the query reads it: an unreadable file is counted
+    digest = files_sha256(files, skip_unreadable=True)  # as the query reads it: an unreadable file is counted
     if digest != built["sha256"]:
         raise IndexMismatch(f"the pool {', '.join(files)} (sha256 {digest[:12]}) is not the one {index.directory} "
                             f"was built from (sha256 {built['sha256'][:12]}, {', '.join(built['files'])})")
